@@ -1,0 +1,16 @@
+"""dalidw: a DALI data loader of satellite image time series for Keras ConvLSTM models."""
+
+from .errors import DataError, DecodeError, DeviceUnavailableError
+from .index import parse_box
+from .loader import SequenceDataLoader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "DecodeError",
+    "DeviceUnavailableError",
+    "SequenceDataLoader",
+    "__version__",
+    "parse_box",
+]

@@ -1,0 +1,236 @@
+"""SequenceDataLoader: ties the table, the checks, the order, the frames and the DALI graph together."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .decode import RegionDecoder
+from .devices import resolve_device
+from .index import LAST_IMAGE, build_table
+from .order import batch_count, batch_positions, epoch_order
+from .pipeline import FRAMES, TARGET, GraphSpec, build_pipeline
+from .regions import FrameSource, RegionCache
+from .validate import SUPPORTED_DTYPES, check_images
+
+#: Default bound of the decoded-region cache, in bytes (2 GiB).
+DEFAULT_CACHE_BYTES = 2 << 30
+
+
+def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any, n_channels: Any) -> tuple[int, int]:
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
+        raise ValueError(f"Expected `labels` to be a non-empty list of labels (e.g. years). Received: labels={labels!r}")
+    if len({str(v) for v in labels}) != len(labels):
+        raise ValueError(f"Expected `labels` to hold each label once. Received: labels={list(labels)!r}")
+    ok_dim = (isinstance(dim, (tuple, list)) and len(dim) == 2
+              and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in dim))
+    if not ok_dim:
+        raise ValueError(f"Expected `dim` to be (height, width) of positive ints. Received: dim={dim!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
+    if n_channels not in (1, 3) or isinstance(n_channels, bool):
+        raise ValueError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB). Received: n_channels={n_channels!r}")
+    return int(dim[0]), int(dim[1])
+
+
+class SequenceDataLoader:
+    """Batches of tile sequences cut from per-label region images, decoded and resized by DALI.
+
+    Args:
+        labels: the labels (e.g. years) in frame order; T = len(labels).
+        data: the tiles table: ``tile_id``, ``region_id``, ``region_coordinates``
+            ("(xmin, ymin, xmax, ymax)" in pixels, half-open) and the target column(s);
+            optionally ``label_id`` (long format: box and target from the last label's rows).
+        image_dir: images are read from ``image_dir/{label}/{region_id}{extension}``.
+        dim: (height, width) of the output frames, in pixels.
+        batch_size: tiles per batch; the last batch of an epoch may be smaller.
+        n_channels: 1 (gray, ITU-R 601 luma) or 3 (RGB).
+        random_seed: seed of the epoch permutations; None draws one.
+        shuffle: a new permutation every epoch; False keeps the table order.
+        normalize: scale to [0, 1] by the sample type's range (255, 65535); False keeps raw values.
+        target: a column name, a list of names (y is (B, k)), or "last-image" (x holds the
+            first T-1 frames and y is the last frame).
+        device: "auto" (the GPU when DALI sees one), "cpu", "gpu" or "gpu:N".
+        extension: the image file extension.
+        cache_bytes: bound of the decoded-region cache in host memory, in bytes.
+        min_tile_size: smallest box side accepted, in pixels.
+        num_threads: DALI's CPU threads (default: the machine's cores).
+        progress: show a progress bar while checking headers (None: when it is worth it).
+        verify_decode: decode every region a second time with tifffile and compare (slow; for
+            auditing a dataset). Without it, only images that decode to all zeros are re-checked.
+
+    Raises:
+        DataError: the table or the images have problems (all of them are listed).
+        DeviceUnavailableError: a GPU was asked for and DALI sees none.
+        ValueError: an option is out of range.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[Any],
+        data: pd.DataFrame,
+        image_dir: str | os.PathLike,
+        dim: tuple[int, int] = (64, 64),
+        batch_size: int = 32,
+        n_channels: int = 3,
+        random_seed: int | None = 42,
+        shuffle: bool = True,
+        normalize: bool = True,
+        target: str | Sequence[str] = "target",
+        device: str = "auto",
+        extension: str = ".tif",
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        min_tile_size: int = 1,
+        num_threads: int | None = None,
+        progress: bool | None = None,
+        verify_decode: bool = False,
+    ):
+        self.dim = _check_options(labels, dim, batch_size, n_channels)
+        self.labels = list(labels)
+        self.batch_size = int(batch_size)
+        self.n_channels = int(n_channels)
+        self.shuffle = bool(shuffle)
+        self.normalize = bool(normalize)
+        self.target = target
+        self.split_last = isinstance(target, str) and target == LAST_IMAGE
+        if self.split_last and len(self.labels) < 2:
+            raise ValueError(f"target='{LAST_IMAGE}' needs at least 2 labels. Received: labels={self.labels!r}")
+        self.random_seed = (int(random_seed) if random_seed is not None
+                            else int(np.random.SeedSequence().entropy % (1 << 32)))
+        self.device, self.device_id = resolve_device(device)
+        self.num_threads = int(num_threads or os.cpu_count() or 1)
+
+        self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
+        self.images = check_images(self.table, self.labels, image_dir, extension, self.n_channels,
+                                   progress=progress)
+        decoder = RegionDecoder(n_channels=self.n_channels, dtype=self.images.dtype, device=self.device,
+                                device_id=self.device_id, num_threads=self.num_threads,
+                                verify=verify_decode)
+        self._frames = FrameSource(self.table, self.images, decoder, RegionCache(cache_bytes))
+        self.epoch = 0
+        self._numpy_pipe = None
+        self._numpy_lock = threading.Lock()
+        self._orders: dict[int, np.ndarray] = {}
+
+    # -- order -------------------------------------------------------------------------------
+    @property
+    def n_tiles(self) -> int:
+        """Tiles per epoch."""
+        return len(self.table)
+
+    def __len__(self) -> int:
+        """Batches per epoch: ceil(n_tiles / batch_size)."""
+        return batch_count(self.n_tiles, self.batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = epoch_order(self.n_tiles, epoch, seed=self.random_seed, shuffle=self.shuffle)
+            if len(self._orders) > 4:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[epoch] = order
+        return order
+
+    def _positions(self, index: int, epoch: int) -> np.ndarray:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"batch index must be an int, got {type(index).__name__}")
+        if index < 0:
+            index += len(self)
+        return batch_positions(self._order(epoch), int(index), self.batch_size)
+
+    def tile_ids(self, index: int) -> np.ndarray:
+        """The tile_ids of batch ``index`` of the current epoch, in the order of its x and y."""
+        return self.table.tile_ids[self._positions(index, self.epoch)]
+
+    def on_epoch_end(self) -> None:
+        """Move to the next epoch (a new order when shuffling)."""
+        self.epoch += 1
+
+    # -- data --------------------------------------------------------------------------------
+    @property
+    def frames_per_sample(self) -> int:
+        """T, or T-1 with "last-image" (frames in x)."""
+        return len(self.labels) - 1 if self.split_last else len(self.labels)
+
+    def _spec(self) -> GraphSpec:
+        scale = 1.0 / SUPPORTED_DTYPES[self.images.dtype.name] if self.normalize else 1.0
+        return GraphSpec(
+            batch_size=self.batch_size, dim=self.dim, channels=self.n_channels, frames=len(self.labels),
+            input_dtype=self.images.dtype, scale=scale, split_last=self.split_last,
+            target_size=0 if self.split_last else len(self.table.target_names),
+            device=self.device, device_id=self.device_id, num_threads=self.num_threads)
+
+    def _inputs(self, positions: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        frames = self._frames.frames(positions, range(len(self.labels)))
+        targets = [] if self.split_last else list(self.table.targets[positions])
+        return frames, targets
+
+    def _shape_y(self, y: Any) -> Any:
+        """DALI gives targets as (B, k); a single target column is (B,)."""
+        if not self.split_last and len(self.table.target_names) == 1:
+            return y[:, 0]
+        return y
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of the current epoch.
+
+        Returns:
+            x: float32 (B, T, H, W, C) (T-1 frames with "last-image"), in [0, 1] when normalizing.
+            y: float32 (B,) for one target column, (B, k) for k columns, (B, H, W, C) for "last-image".
+        """
+        positions = self._positions(index, self.epoch)
+        frames, targets = self._inputs(positions)
+        with self._numpy_lock:
+            if self._numpy_pipe is None:
+                self._numpy_pipe = build_pipeline(self._spec(), prefetch_queue_depth=1)
+                self._numpy_pipe.build()
+            pipe = self._numpy_pipe
+            pipe.feed_input(FRAMES, frames)
+            if not self.split_last:
+                pipe.feed_input(TARGET, targets)
+            x, y = pipe.run()
+        if self.device == "gpu":
+            x, y = x.as_cpu(), y.as_cpu()
+        return x.as_array(), self._shape_y(y.as_array())
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of the current epoch, in order."""
+        for index in range(len(self)):
+            yield self[index]
+
+    # -- TensorFlow --------------------------------------------------------------------------
+    def _padded_positions(self, epoch: int, index: int) -> np.ndarray:
+        """Batch positions padded to a full batch by repeating its first tile (trimmed later)."""
+        positions = self._positions(index, epoch)
+        if len(positions) < self.batch_size:
+            positions = np.concatenate([positions, np.repeat(positions[:1], self.batch_size - len(positions))])
+        return positions
+
+    def _stream(self, kind: str, start_epoch: int) -> Iterator[np.ndarray]:
+        """Samples for the DALI input ``kind``, batch after batch, epoch after epoch, forever."""
+        epoch = start_epoch
+        while True:
+            for index in range(len(self)):
+                positions = self._padded_positions(epoch, index)
+                if kind == FRAMES:
+                    yield from self._frames.frames(positions, range(len(self.labels)))
+                else:
+                    yield from self.table.targets[positions]
+            epoch += 1
+
+    def dataset(self, *, start_epoch: int = 0):
+        """A repeating ``tf.data.Dataset`` of (x, y) batches fed by DALI.
+
+        Its epoch e (counted from ``start_epoch``) holds, batch for batch, the tiles of
+        ``loader[i]`` after e calls of ``on_epoch_end()``. It has no end: pass
+        ``steps_per_epoch=len(loader)`` to ``model.fit``.
+        """
+        from .tf import make_dataset
+
+        return make_dataset(self, start_epoch=start_epoch)

@@ -1,0 +1,140 @@
+"""Synthetic Dynamic World-like data: region TIFFs per year and a long-format tiles table.
+
+Land cover comes in spatially coherent patches; built-up land grows outwards from a few
+town centres year after year, so a tile's urbanization rate in the last year is learnable
+from its sequence of frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Dynamic World's class colours (water, trees, grass, flooded vegetation, crops,
+#: shrub and scrub, built, bare, snow and ice), RGB.
+PALETTE = np.array([
+    [65, 155, 223], [57, 125, 73], [136, 176, 83], [122, 135, 198], [228, 150, 53],
+    [223, 195, 90], [196, 40, 27], [165, 155, 143], [179, 159, 225]], dtype=np.uint8)
+BUILT = 6
+
+#: TIFF layouts: tifffile write options of each.
+LAYOUTS: dict[str, dict] = {
+    "raw": {},
+    "deflate": {"compression": "zlib", "rowsperstrip": 1 << 30},
+    "tiled": {"compression": "zlib", "tile": (256, 256)},
+    "lzw": {"compression": "lzw"},
+}
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate.
+
+    Attributes:
+        regions: number of region images per year.
+        height: region image height, pixels.
+        width: region image width, pixels.
+        tile: (height, width) of the tiles cut on a grid, pixels.
+        years: the labels, one image per region and year.
+        layout: one of LAYOUTS.
+        bands: 3 (RGB) or 1 (gray).
+        dtype: "uint8" or "uint16" (the uint8 values times 257).
+        seed: everything follows from it.
+    """
+
+    regions: int = 4
+    height: int = 256
+    width: int = 256
+    tile: tuple[int, int] = (40, 45)
+    years: Sequence[int] = tuple(range(2016, 2023))
+    layout: str = "tiled"
+    bands: int = 3
+    dtype: str = "uint8"
+    seed: int = 0
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Gaussian-filtered white noise with features of about ``scale`` pixels, in [0, 1]."""
+    noise = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    kernel = np.exp(-2 * (np.pi * scale) ** 2 * (fx ** 2 + fy ** 2))
+    field = np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=shape)
+    field -= field.min()
+    return field / max(field.max(), 1e-12)
+
+
+def land_cover(spec: SynthSpec, region: int) -> np.ndarray:
+    """Class maps of one region, uint8 (years, height, width), Dynamic World class ids 0-8."""
+    rng = np.random.default_rng([spec.seed, region])
+    shape = (spec.height, spec.width)
+    base = np.digitize(_smooth_noise(rng, shape, 12.0), [0.25, 0.45, 0.55, 0.7, 0.85, 0.95])
+    base = np.array([0, 1, 2, 4, 5, 3, 7], dtype=np.uint8)[base]
+    yy, xx = np.mgrid[0 : spec.height, 0 : spec.width]
+    towns = rng.integers(2, 5)
+    dist = np.full(shape, np.inf)
+    for _ in range(towns):
+        cy, cx = rng.uniform(0, spec.height), rng.uniform(0, spec.width)
+        dist = np.minimum(dist, np.hypot(yy - cy, xx - cx))
+    edge = _smooth_noise(rng, shape, 6.0) * 0.35 * min(shape)
+    growth = rng.uniform(0.04, 0.09) * min(shape)
+    start = rng.uniform(0.02, 0.12) * min(shape)
+    maps = np.empty((len(spec.years),) + shape, dtype=np.uint8)
+    for t in range(len(spec.years)):
+        maps[t] = np.where(dist + edge * 0.5 < start + growth * t, BUILT, base)
+    return maps
+
+
+def render(classes: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
+    """The picture of a class map: (H, W, bands) of ``spec.dtype``."""
+    rgb = PALETTE[classes].astype(np.int16) + rng.integers(-6, 7, classes.shape + (3,), dtype=np.int16)
+    rgb = rgb.clip(0, 255).astype(np.uint8)
+    if spec.bands == 1:
+        rgb = ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(np.uint8)[..., None]
+    if spec.dtype == "uint16":
+        return rgb.astype(np.uint16) * 257
+    return rgb
+
+
+def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> pd.DataFrame:
+    """Write ``out_dir/Images/{year}/{region_id}.tif`` and ``out_dir/tiles.csv``.
+
+    Returns:
+        the tiles table (long format: tile_id, region_id, label_id, target, region_coordinates),
+        where target is the tile's built-up fraction in that row's year.
+    """
+    import tifffile
+
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"Expected `layout` to be one of {sorted(LAYOUTS)}. Received: layout={spec.layout!r}")
+    tile_h, tile_w = spec.tile
+    if not (0 < tile_h <= spec.height and 0 < tile_w <= spec.width):
+        raise ValueError(f"Expected the tile {spec.tile} to fit in a {spec.height}x{spec.width} region")
+    rows = []
+    tile_id = 0
+    for r in range(spec.regions):
+        region_id = 1000 + r
+        maps = land_cover(spec, r)
+        rng = np.random.default_rng([spec.seed, r, 1])
+        for t, year in enumerate(spec.years):
+            folder = os.path.join(out_dir, "Images", str(year))
+            os.makedirs(folder, exist_ok=True)
+            image = render(maps[t], spec, rng)
+            photometric = "rgb" if spec.bands == 3 else "minisblack"
+            data = image if spec.bands == 3 else image[..., 0]
+            tifffile.imwrite(os.path.join(folder, f"{region_id}.tif"), data, photometric=photometric,
+                             **LAYOUTS[spec.layout])
+        for y0 in range(0, spec.height - tile_h + 1, tile_h):
+            for x0 in range(0, spec.width - tile_w + 1, tile_w):
+                box = (x0, y0, x0 + tile_w, y0 + tile_h)
+                built = (maps[:, y0 : y0 + tile_h, x0 : x0 + tile_w] == BUILT).mean(axis=(1, 2))
+                for t, year in enumerate(spec.years):
+                    rows.append((tile_id, region_id, year, round(float(built[t]), 6), str(box)))
+                tile_id += 1
+    table = pd.DataFrame(rows, columns=["tile_id", "region_id", "label_id", "target", "region_coordinates"])
+    table.to_csv(os.path.join(out_dir, "tiles.csv"), index=False)
+    return table

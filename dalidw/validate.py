@@ -1,0 +1,149 @@
+"""Up-front checks over the image files and the boxes: TIFF headers only, every problem gathered."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .errors import DataError, shown
+from .index import TileTable, key_text
+
+#: Sample types the decoder reads, with the value that ``normalize=True`` divides by.
+SUPPORTED_DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a TIFF header says of its first image: size in pixels, bands, sample type."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+    planar_separate: bool
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of a dataset, checked: one sample type and band count for all of them.
+
+    Attributes:
+        paths: (T, R) path of each label's image of each region, regions in ``region_index`` order.
+        heights: int64 (T, R) image heights in pixels.
+        widths: int64 (T, R) image widths in pixels.
+        region_index: region id -> column in ``paths``.
+        dtype: the sample type of every image.
+        channels: the band count of every image.
+    """
+
+    paths: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    region_index: dict[str, int]
+    dtype: np.dtype
+    channels: int
+
+
+def image_path(image_dir: str | os.PathLike, label: Any, region_id: str, extension: str) -> str:
+    """``image_dir/{label}/{region_id}{extension}``."""
+    return os.path.join(os.fspath(image_dir), key_text(label), f"{region_id}{extension}")
+
+
+def read_header(path: str) -> ImageInfo:
+    """Read the first image's header of a TIFF without decoding it.
+
+    Raises:
+        ValueError: the file is not a TIFF that can be read.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            height, width = int(page.imagelength), int(page.imagewidth)
+            channels = int(page.samplesperpixel)
+            planar = channels > 1 and int(page.planarconfig) == 2
+            dtype = np.dtype(page.dtype) if page.dtype is not None else np.dtype("V")
+    except Exception as err:  # tifffile raises many kinds for a broken file
+        raise ValueError(f"not a readable TIFF ({type(err).__name__}: {err})") from None
+    return ImageInfo(height, width, channels, dtype, planar)
+
+
+def check_images(
+    table: TileTable,
+    labels: Sequence[Any],
+    image_dir: str | os.PathLike,
+    extension: str,
+    n_channels: int,
+    *,
+    progress: bool | None = None,
+) -> ImageSet:
+    """Check that every label's image of every region exists, is readable and holds every box.
+
+    Raises:
+        DataError: listing every missing or unreadable image, every box outside its image,
+            and images whose sample type or bands cannot give ``n_channels`` channels.
+    """
+    from tqdm.auto import tqdm
+
+    regions = list(dict.fromkeys(table.region_ids.tolist()))
+    region_index = {r: j for j, r in enumerate(regions)}
+    paths = np.empty((len(labels), len(regions)), dtype=object)
+    infos: dict[tuple[int, int], ImageInfo] = {}
+    problems: list[str] = []
+    if not os.path.isdir(image_dir):
+        raise DataError([f"image_dir {shown(os.fspath(image_dir))} is not a directory"], context="no images found")
+
+    jobs = [(t, j) for t in range(len(labels)) for j in range(len(regions))]
+    disable = (not progress) if progress is not None else (len(jobs) < 200 or None)
+    for t, j in tqdm(jobs, desc="dalidw: checking image headers", unit="file", disable=disable, leave=False):
+        path = image_path(image_dir, labels[t], regions[j], extension)
+        paths[t, j] = path
+        if not os.path.isfile(path):
+            problems.append(f"missing image for label {shown(labels[t])}, region {shown(regions[j])}: {path}")
+            continue
+        try:
+            infos[t, j] = read_header(path)
+        except ValueError as err:
+            problems.append(f"{path}: {err}")
+
+    dtypes: dict[str, str] = {}
+    bands: dict[int, str] = {}
+    for (t, j), info in infos.items():
+        path = paths[t, j]
+        dtypes.setdefault(info.dtype.name, path)
+        bands.setdefault(info.channels, path)
+        if info.dtype.name not in SUPPORTED_DTYPES:
+            problems.append(f"{path}: samples are {info.dtype.name}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        if info.planar_separate:
+            problems.append(f"{path}: planar-separate band layout, which the decoder does not read; "
+                            "write it band-interleaved (planarconfig=contig)")
+        if n_channels == 3 and info.channels not in (3, 4):
+            problems.append(f"{path}: has {info.channels} band(s); n_channels=3 needs an RGB or RGBA image")
+        if n_channels == 1 and info.channels not in (1, 3, 4):
+            problems.append(f"{path}: has {info.channels} bands; n_channels=1 needs a gray, RGB or RGBA image")
+    if len(dtypes) > 1:
+        problems.append("images mix sample types: " + ", ".join(f"{d} (e.g. {p})" for d, p in dtypes.items()))
+
+    box_regions = np.array([region_index[r] for r in table.region_ids], dtype=np.int64)
+    unknown = np.iinfo(np.int64).max
+    heights = np.full(paths.shape, unknown, dtype=np.int64)
+    widths = heights.copy()
+    for (t, j), info in infos.items():
+        heights[t, j], widths[t, j] = info.height, info.width
+    for t in range(len(labels)):
+        outside = (table.boxes[:, 2] > widths[t, box_regions]) | (table.boxes[:, 3] > heights[t, box_regions])
+        for i in np.flatnonzero(outside):
+            j = box_regions[i]
+            problems.append(
+                f"tile_id {shown(table.tile_ids[i])}: box {tuple(int(v) for v in table.boxes[i])} lies outside "
+                f"{paths[t, j]} ({widths[t, j]}x{heights[t, j]} pixels, width x height)"
+            )
+
+    if problems:
+        raise DataError(problems, context="the images do not match the tiles table")
+    any_info = next(iter(infos.values()))
+    return ImageSet(paths=paths, heights=heights, widths=widths, region_index=region_index, dtype=any_info.dtype, channels=any_info.channels)

@@ -1,0 +1,198 @@
+"""Batches as numpy: equal to an independent numpy reference (tifffile's pixels, numpy slicing,
+a separable resampler written here) on several TIFF layouts; targets aligned with tile_ids;
+every tile once per epoch; the options of the constructor honoured."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from dalidw import DecodeError, DeviceUnavailableError, SequenceDataLoader
+
+from .conftest import LAYOUTS, YEARS, make_dataset, reference_resize, reference_sequence, reference_target
+
+#: Largest difference allowed from the reference, in normalized units: DALI resamples in float32.
+ATOL = 2e-5
+
+
+def loader(ds, **kw):
+    options = {"device": "cpu", "batch_size": 4, "dim": (24, 32), **kw}
+    return SequenceDataLoader(YEARS, ds.table, ds.image_dir, **options)
+
+
+def assert_batch_matches_reference(ds, ld, index, *, n_channels=3, scale=1 / 255, atol=ATOL, target="target"):
+    x, y = ld[index]
+    ids = ld.tile_ids(index)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert x.shape == (len(ids), len(YEARS), *ld.dim, n_channels)
+    for k, tile in enumerate(ids):
+        expected = reference_sequence(ds, tile, YEARS, ld.dim, n_channels=n_channels, scale=scale)
+        np.testing.assert_allclose(x[k], expected, atol=atol, rtol=0, err_msg=f"tile {tile}")
+        if target == "target":
+            assert y[k] == pytest.approx(reference_target(ds, tile, YEARS), abs=1e-6)
+
+
+def test_reference_resampler_agrees_with_pil_when_enlarging():
+    from PIL import Image
+
+    image = np.random.default_rng(1).integers(0, 256, (13, 17, 1)).astype(np.float32)
+    pil = np.asarray(Image.fromarray(image[..., 0], mode="F").resize((40, 30), Image.BILINEAR))
+    np.testing.assert_allclose(reference_resize(image, (30, 40))[..., 0], pil, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_batches_match_the_reference_on_every_layout(tmp_path, layout):
+    ds = make_dataset(tmp_path, layout=layout)
+    ld = loader(ds)
+    for index in range(len(ld)):
+        assert_batch_matches_reference(ds, ld, index)
+
+
+@pytest.mark.parametrize("dim", [(64, 64), (20, 48), (48, 20), (8, 8)])
+def test_non_square_and_shrinking_dims_keep_height_and_width_apart(dataset, dim):
+    ld = loader(dataset, dim=dim)
+    assert_batch_matches_reference(dataset, ld, 0)
+    assert_batch_matches_reference(dataset, ld, len(ld) - 1)
+
+
+def test_gray_from_rgb_is_itu_601_luma(dataset):
+    ld = loader(dataset, n_channels=1)
+    # the decoder's luma may round one level away from PIL's "L"
+    assert_batch_matches_reference(dataset, ld, 0, n_channels=1, atol=1 / 255 + ATOL)
+
+
+def test_gray_images_give_one_channel(tmp_path):
+    ds = make_dataset(tmp_path, bands=1, layout="deflate")
+    assert_batch_matches_reference(ds, loader(ds, n_channels=1), 1, n_channels=1)
+
+
+def test_uint16_images_are_scaled_by_65535(tmp_path):
+    ds = make_dataset(tmp_path, dtype="uint16", layout="tiled")
+    assert_batch_matches_reference(ds, loader(ds), 0, scale=1 / 65535)
+
+
+def test_normalize_false_keeps_raw_values(dataset):
+    ld = loader(dataset, normalize=False)
+    assert_batch_matches_reference(dataset, ld, 0, scale=1.0, atol=255 * ATOL)
+    assert ld[0][0].max() > 1.5
+
+
+def test_partial_last_batch(dataset):
+    ld = loader(dataset, batch_size=4)
+    assert ld.n_tiles == 14 and len(ld) == 4
+    x, y = ld[3]
+    assert x.shape[0] == y.shape[0] == len(ld.tile_ids(3)) == 2
+    assert_batch_matches_reference(dataset, ld, 3)
+    with pytest.raises(IndexError):
+        ld[4]
+    assert np.array_equal(ld[-1][0], x)
+
+
+def test_every_tile_once_per_epoch_and_a_new_order_each_epoch(dataset):
+    ld = loader(dataset, batch_size=3)
+    orders = []
+    for _ in range(3):
+        ids = np.concatenate([ld.tile_ids(i) for i in range(len(ld))])
+        assert sorted(ids.tolist()) == sorted(dataset.table.tile_id.unique().tolist())
+        orders.append(ids.tolist())
+        ld.on_epoch_end()
+    assert orders[0] != orders[1] != orders[2]
+
+
+def test_same_seed_same_order_and_y_follows_tile_ids(dataset):
+    a, b = loader(dataset, random_seed=7), loader(dataset, random_seed=7)
+    for i in range(len(a)):
+        assert a.tile_ids(i).tolist() == b.tile_ids(i).tolist()
+    x, y = a[1]
+    assert y.tolist() == pytest.approx([reference_target(dataset, t, YEARS) for t in a.tile_ids(1)])
+
+
+def test_shuffle_false_keeps_the_table_order(dataset):
+    ld = loader(dataset, shuffle=False)
+    last = dataset.table[dataset.table.label_id == YEARS[-1]]
+    ids = np.concatenate([ld.tile_ids(i) for i in range(len(ld))])
+    assert ids.tolist() == last.tile_id.tolist()
+
+
+def test_wide_format_and_several_targets(dataset):
+    wide = dataset.table[dataset.table.label_id == YEARS[-1]].drop(columns="label_id")
+    ld = SequenceDataLoader(YEARS, wide, dataset.image_dir, dim=(16, 16), batch_size=5,
+                            target=["target", "target2"], device="cpu")
+    x, y = ld[0]
+    assert y.shape == (5, 2)
+    for k, tile in enumerate(ld.tile_ids(0)):
+        assert y[k].tolist() == pytest.approx([reference_target(dataset, tile, YEARS),
+                                               reference_target(dataset, tile, YEARS, "target2")])
+
+
+def test_last_image_predicts_the_last_frame_from_the_others(dataset):
+    ld = loader(dataset, target="last-image")
+    x, y = ld[0]
+    assert x.shape == (4, len(YEARS) - 1, 24, 32, 3) and y.shape == (4, 24, 32, 3)
+    for k, tile in enumerate(ld.tile_ids(0)):
+        expected = reference_sequence(dataset, tile, YEARS, (24, 32))
+        np.testing.assert_allclose(x[k], expected[:-1], atol=ATOL)
+        np.testing.assert_allclose(y[k], expected[-1], atol=ATOL)
+
+
+def test_a_tiff_that_fails_to_decode_names_its_path(dataset):
+    path = os.path.join(dataset.image_dir, "2017", "10.tif")
+    data = bytearray(open(path, "rb").read())
+    with tifffile.TiffFile(path) as tif:
+        offsets = tif.pages.first.dataoffsets
+    for offset in offsets:  # wreck every compressed tile, keep the header
+        data[offset : offset + 64] = b"\xff" * 64
+    open(path, "wb").write(bytes(data))
+    ld = loader(dataset, shuffle=False, batch_size=14)
+    with pytest.raises(DecodeError, match=r"2017.10\.tif: cannot decode"):
+        ld[0]
+
+
+def test_regions_are_decoded_once_while_they_fit_the_cache(dataset):
+    ld = loader(dataset, batch_size=3)
+    for _ in range(2):
+        list(ld)
+        ld.on_epoch_end()
+    assert ld._frames.decoded_images == 2 * len(YEARS)
+
+
+def test_the_cache_stays_under_its_bound(dataset):
+    one_image = 96 * 112 * 3
+    ld = loader(dataset, batch_size=3, cache_bytes=2 * one_image)
+    first = ld[0][0]
+    list(ld)
+    assert ld._frames.cache.nbytes <= 2 * one_image
+    assert ld._frames.decoded_images > 2 * len(YEARS)
+    np.testing.assert_array_equal(ld[0][0], first)
+
+
+def test_no_cache_gives_the_same_batches(dataset):
+    a, b = loader(dataset), loader(dataset, cache_bytes=0)
+    np.testing.assert_array_equal(a[2][0], b[2][0])
+
+
+def test_gpu_without_a_gpu_is_a_clear_error(dataset, monkeypatch):
+    monkeypatch.setattr("dalidw.devices.gpu_count", lambda: 0)
+    with pytest.raises(DeviceUnavailableError, match="DALI sees no GPU"):
+        loader(dataset, device="gpu")
+
+
+def test_auto_runs_on_the_cpu_without_a_gpu(dataset, monkeypatch):
+    monkeypatch.setattr("dalidw.devices.gpu_count", lambda: 0)
+    assert loader(dataset, device="auto").device == "cpu"
+
+
+def test_verify_decode_accepts_sound_files(dataset):
+    a, b = loader(dataset), loader(dataset, verify_decode=True)
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+
+
+def test_an_all_black_image_is_not_mistaken_for_a_broken_one(dataset):
+    path = os.path.join(dataset.image_dir, "2016", "10.tif")
+    tifffile.imwrite(path, np.zeros((96, 112, 3), np.uint8), photometric="rgb", compression="zlib")
+    ld = loader(dataset, shuffle=False, batch_size=14)
+    x, _ = ld[0]
+    first_of_region_10 = [k for k, t in enumerate(ld.tile_ids(0))
+                          if dataset.table[dataset.table.tile_id == t].region_id.iloc[0] == 10][0]
+    assert not x[first_of_region_10, 0].any() and x[first_of_region_10, 1].any()

@@ -1,0 +1,62 @@
+"""The TensorFlow path: dataset() gives, epoch after epoch, the batches of loader[i] (partial last
+batch included), and model.fit trains on it."""
+
+import numpy as np
+import pytest
+
+from dalidw import SequenceDataLoader
+
+from .conftest import YEARS
+
+tf = pytest.importorskip("tensorflow")
+
+
+def loader(ds, **kw):
+    options = {"device": "cpu", "batch_size": 4, "dim": (16, 24), **kw}
+    return SequenceDataLoader(YEARS, ds.table, ds.image_dir, **options)
+
+
+@pytest.mark.parametrize("target", ["target", ["target", "target2"], "last-image"])
+def test_dataset_equals_loader_batches_over_two_epochs(dataset, target):
+    ld = loader(dataset, target=target)
+    batches = len(ld)
+    got = list(ld.dataset().take(2 * batches).as_numpy_iterator())
+    for epoch in range(2):
+        for i in range(batches):
+            x, y = got[epoch * batches + i]
+            ex, ey = ld[i]
+            assert x.shape == ex.shape and y.shape == ey.shape, (epoch, i)
+            np.testing.assert_array_equal(x, ex)
+            np.testing.assert_array_equal(y, ey)
+        ld.on_epoch_end()
+
+
+def test_dataset_can_start_at_a_later_epoch(dataset):
+    ld = loader(dataset)
+    x, _ = next(ld.dataset(start_epoch=3).as_numpy_iterator())
+    for _ in range(3):
+        ld.on_epoch_end()
+    np.testing.assert_array_equal(x, ld[0][0])
+
+
+def test_element_spec_is_float32_with_known_frame_shape(dataset):
+    spec = loader(dataset).dataset().element_spec
+    assert spec[0].dtype == tf.float32 and spec[1].dtype == tf.float32
+    assert spec[0].shape[1:] == (len(YEARS), 16, 24, 3)
+
+
+def test_model_fit_trains_a_tiny_convlstm(dataset):
+    keras = pytest.importorskip("keras")
+    ld = loader(dataset, batch_size=5)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((len(YEARS), 16, 24, 3)),
+        keras.layers.ConvLSTM2D(4, 3, padding="same"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(1),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(ld.dataset(), steps_per_epoch=len(ld), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert all(np.isfinite(history.history["loss"]))
+    assert model.predict(ld[0][0], verbose=0).shape == (5, 1)

@@ -1,0 +1,88 @@
+"""Up-front checks of the images: missing files, boxes outside images, unreadable TIFFs and
+band counts that cannot give the channels asked for, all found before any epoch starts."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from dalidw import DataError, SequenceDataLoader
+from dalidw.validate import read_header
+
+from .conftest import YEARS, make_dataset
+
+
+def loader(ds, **kw):
+    return SequenceDataLoader(YEARS, ds.table, ds.image_dir, device="cpu", **kw)
+
+
+def test_a_missing_year_is_named_with_its_path(dataset):
+    path = os.path.join(dataset.image_dir, "2017", "11.tif")
+    os.remove(path)
+    with pytest.raises(DataError, match=r"missing image for label 2017, region '11': .*2017.11\.tif"):
+        loader(dataset)
+
+
+def test_a_box_outside_its_image_is_named(dataset):
+    table = dataset.table
+    tile = table.tile_id.iloc[0]
+    table.loc[table.tile_id == tile, "region_coordinates"] = "(100, 0, 113, 10)"
+    with pytest.raises(DataError, match=rf"tile_id {tile}: box \(100, 0, 113, 10\) lies outside .* \(112x96 pixels"):
+        loader(dataset)
+
+
+def test_all_problems_are_gathered(dataset):
+    os.remove(os.path.join(dataset.image_dir, "2016", "10.tif"))
+    os.remove(os.path.join(dataset.image_dir, "2018", "11.tif"))
+    with pytest.raises(DataError) as info:
+        loader(dataset)
+    assert len(info.value.problems) == 2
+
+
+def test_an_unreadable_tiff_is_named(dataset):
+    path = os.path.join(dataset.image_dir, "2018", "10.tif")
+    with open(path, "wb") as f:
+        f.write(b"this is not a tiff")
+    with pytest.raises(DataError, match=r"2018.10\.tif: not a readable TIFF"):
+        loader(dataset)
+
+
+def test_gray_images_cannot_give_rgb(tmp_path):
+    ds = make_dataset(tmp_path, bands=1)
+    with pytest.raises(DataError, match="has 1 band\\(s\\); n_channels=3 needs an RGB or RGBA image"):
+        loader(ds, n_channels=3)
+
+
+def test_a_missing_image_dir_is_said_plainly(dataset):
+    with pytest.raises(DataError, match="is not a directory"):
+        SequenceDataLoader(YEARS, dataset.table, dataset.image_dir + "-nope", device="cpu")
+
+
+def test_unsupported_sample_types_are_refused(tmp_path, dataset):
+    path = os.path.join(dataset.image_dir, "2016", "10.tif")
+    tifffile.imwrite(path, np.zeros((96, 112, 3), np.float32), photometric="rgb")
+    with pytest.raises(DataError) as info:
+        loader(dataset)
+    assert "samples are float32" in str(info.value)
+    assert "images mix sample types" in str(info.value)
+
+
+def test_headers_are_read_without_decoding(dataset):
+    info = read_header(os.path.join(dataset.image_dir, "2016", "10.tif"))
+    assert (info.height, info.width, info.channels, info.dtype.name) == (96, 112, 3, "uint8")
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"dim": (64,)}, r"Expected `dim` to be \(height, width\) of positive ints. Received: dim=\(64,\)"),
+    ({"dim": (0, 4)}, "Expected `dim`"),
+    ({"batch_size": 0}, "Expected `batch_size` to be a positive int"),
+    ({"n_channels": 4}, "Expected `n_channels` to be 1 \\(gray\\) or 3 \\(RGB\\)"),
+    ({"device": "tpu"}, "Expected `device` to be 'auto', 'cpu', 'gpu' or 'gpu:N'"),
+    ({"target": []}, "Expected `target`"),
+    ({"cache_bytes": -1}, "Expected `cache_bytes` to be >= 0"),
+])
+def test_bad_options_are_named(dataset, kw, message):
+    options = {"device": "cpu", **kw}
+    with pytest.raises(ValueError, match=message):
+        SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, **options)
