@@ -184,7 +184,17 @@ class SequenceDataLoader:
             x: float32 (B, T, H, W, C) (T-1 frames with "last-image"), in [0, 1] when normalizing.
             y: float32 (B,) for one target column, (B, k) for k columns, (B, H, W, C) for "last-image".
         """
-        positions = self._positions(index, self.epoch)
+        return self._run(self._positions(index, self.epoch))
+
+    def sample(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tile at ``position`` in the table (not in the epoch order), as one sample:
+        x float32 (T, H, W, C) and its y, preprocessed exactly as in the batches."""
+        if not 0 <= position < self.n_tiles:
+            raise IndexError(f"tile position {position} is out of range for {self.n_tiles} tiles")
+        x, y = self._run(np.array([position], dtype=np.int64))
+        return x[0], y[0]
+
+    def _run(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frames, targets = self._inputs(positions)
         with self._numpy_lock:
             if self._numpy_pipe is None:

@@ -1,0 +1,232 @@
+"""The ``dalidw`` command: synth, check, show, train and demo.
+
+Exit codes: 0 success, 2 bad arguments or bad data, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from .errors import DataError, DeviceUnavailableError
+
+
+def parse_labels(text: str) -> list[int] | list[str]:
+    """'2016..2022' -> [2016, ..., 2022]; '2016,2018' -> [2016, 2018]; other words stay strings."""
+    text = text.strip()
+    if ".." in text:
+        first, last = text.split("..", 1)
+        try:
+            a, b = int(first), int(last)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected FIRST..LAST years, got {text!r}") from None
+        if b < a:
+            raise argparse.ArgumentTypeError(f"expected FIRST <= LAST, got {text!r}")
+        return list(range(a, b + 1))
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected at least one label")
+    return [int(t) for t in items] if all(t.lstrip("-").isdigit() for t in items) else items
+
+
+def parse_dim(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '32x48' -> (32, 48) as (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH or SIZE, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH of positive ints, got {text!r}")
+    return values[0], values[1]
+
+
+def _read_csv(path: str):
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise DataError([f"no such file: {path}"], context="the tiles table cannot be read")
+    try:
+        return pd.read_csv(path)
+    except Exception as err:
+        raise DataError([f"{path}: {err}"], context="the tiles table cannot be read") from None
+
+
+def cmd_synth(args) -> int:
+    from .synth import SynthSpec, write_dataset
+
+    spec = SynthSpec(regions=args.regions, height=args.size[0], width=args.size[1], tile=args.tile,
+                     years=args.labels, layout=args.layout, seed=args.seed)
+    table = write_dataset(args.out_dir, spec)
+    print(f"wrote {table.tile_id.nunique()} tiles of {spec.regions} regions, {len(spec.years)} years, "
+          f"to {args.out_dir} (tiles.csv, Images/)")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .loader import SequenceDataLoader
+
+    data = _read_csv(args.csv)
+    loader = SequenceDataLoader(args.labels, data, args.image_dir, n_channels=args.n_channels, device="cpu",
+                                progress=True, verify_decode=args.decode)
+    print(f"tiles: {loader.n_tiles}; regions: {len(loader.images.region_index)}; labels: {len(loader.labels)}; "
+          f"images: {loader.images.paths.size} ({loader.images.dtype.name}, {loader.images.channels} band(s))")
+    if args.decode:
+        for _ in loader:
+            pass
+        print(f"decoded {loader._frames.decoded_images} images: all sound")
+    print("no problems found")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .loader import SequenceDataLoader
+    from .show import save_tile_png
+
+    data = _read_csv(args.csv)
+    loader = SequenceDataLoader(args.labels, data, args.image_dir, dim=args.dim, device=args.device,
+                                shuffle=False, batch_size=1)
+    tile = args.tile
+    ids = [str(t) for t in loader.table.tile_ids]
+    if str(tile) not in ids:
+        raise DataError([f"tile_id {tile} is not in {args.csv}"], context="no such tile")
+    save_tile_png(loader, loader.table.tile_ids[ids.index(str(tile))], args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _report_training(result, out: str) -> None:
+    beats = "beats" if result.val_mae < result.baseline_mae else "does NOT beat"
+    print(f"\ntrained on {result.train_tiles} tiles, validated on {result.val_tiles} tiles of other regions")
+    print(f"validation MAE {result.val_mae:.4f}; mean baseline {result.baseline_mae:.4f}: the model {beats} it")
+    print(f"model:  {result.model_path}\nlog:    {result.log_path}\ncurves: {result.curves_path}")
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    data = _read_csv(args.csv)
+    result = train(data, args.image_dir, args.labels, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                   dim=args.dim, device=args.device, seed=args.seed)
+    _report_training(result, args.out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import pandas as pd
+
+    from .loader import SequenceDataLoader
+    from .show import save_tile_png
+    from .synth import SynthSpec, write_dataset
+    from .train import train
+
+    out = os.path.abspath(args.out)
+    data_dir = tempfile.mkdtemp(prefix="dalidw-demo-")
+    spec = SynthSpec(regions=8, height=256, width=256, tile=(32, 32), seed=args.seed)
+    started = time.time()
+    print(f"1/4 writing a synthetic Dynamic World-like dataset to {data_dir}")
+    write_dataset(data_dir, spec)
+    data = pd.read_csv(os.path.join(data_dir, "tiles.csv"))
+    labels = list(spec.years)
+    image_dir = os.path.join(data_dir, "Images")
+    print("2/4 checking it")
+    checked = SequenceDataLoader(labels, data, image_dir, device="cpu", shuffle=False)
+    print(f"    {checked.n_tiles} tiles, {len(checked.images.region_index)} regions, {len(labels)} years: no problems")
+    print(f"3/4 training a ConvLSTM for {args.epochs} epochs (device={args.device})")
+    result = train(data, image_dir, labels, out, epochs=args.epochs, batch_size=32, dim=(32, 32),
+                   device=args.device, seed=args.seed, verbose=2)
+    print("4/4 drawing one tile as the model sees it")
+    sample_path = os.path.join(out, "sample.png")
+    tile = data.loc[data.target.idxmax(), "tile_id"]
+    save_tile_png(SequenceDataLoader(labels, data, image_dir, dim=(64, 64), device=args.device, shuffle=False),
+                  tile, sample_path)
+    _report_training(result, out)
+    print(f"sample: {sample_path}")
+    print(f"done in {time.time() - started:.0f} s")
+    return 0 if result.val_mae < result.baseline_mae else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="dalidw", description="DALI data loader for satellite image time series.")
+    parser.add_argument("--version", action="version", version=f"dalidw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def labels_arg(p):
+        p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),
+                       help="labels in frame order: FIRST..LAST or a comma list (default 2016..2022)")
+
+    p = sub.add_parser("synth", help="write a synthetic Dynamic World-like dataset")
+    p.add_argument("out_dir")
+    p.add_argument("--regions", type=int, default=4)
+    p.add_argument("--size", type=parse_dim, default=(256, 256), help="region HEIGHTxWIDTH in pixels")
+    p.add_argument("--tile", type=parse_dim, default=(40, 45), help="tile HEIGHTxWIDTH in pixels")
+    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled", "lzw"])
+    p.add_argument("--seed", type=int, default=0)
+    labels_arg(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("check", help="check a tiles CSV against its images (headers only)")
+    p.add_argument("csv")
+    p.add_argument("image_dir")
+    p.add_argument("--n-channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("--decode", action="store_true", help="also decode every image once and verify it")
+    labels_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("show", help="draw one tile's sequence as the model sees it")
+    p.add_argument("csv")
+    p.add_argument("image_dir")
+    p.add_argument("--tile", required=True)
+    p.add_argument("-o", "--output", default="sample.png")
+    p.add_argument("--dim", type=parse_dim, default=(64, 64))
+    p.add_argument("--device", default="auto")
+    labels_arg(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("train", help="train the urbanization ConvLSTM")
+    p.add_argument("csv")
+    p.add_argument("image_dir")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dim", type=parse_dim, default=(32, 32))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="dalidw-train")
+    p.add_argument("--seed", type=int, default=0)
+    labels_arg(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="synth, check, train a few epochs and show a sample")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; user mistakes print one message, no stack trace."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, KeyError) as err:
+        print(f"dalidw {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except DeviceUnavailableError as err:
+        print(f"dalidw {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
