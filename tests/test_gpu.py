@@ -1,0 +1,28 @@
+"""On a GPU: the same graph gives the same batches as on the CPU (skipped without a GPU)."""
+
+import numpy as np
+import pytest
+
+from dalidw import SequenceDataLoader
+
+from .conftest import YEARS
+
+pytestmark = pytest.mark.gpu
+
+
+def test_gpu_batches_equal_cpu_batches(dataset):
+    kw = dict(dim=(24, 32), batch_size=4, random_seed=3)
+    cpu = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="cpu", **kw)
+    gpu = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="gpu", **kw)
+    for i in range(len(cpu)):
+        assert cpu.tile_ids(i).tolist() == gpu.tile_ids(i).tolist()
+        (xc, yc), (xg, yg) = cpu[i], gpu[i]
+        np.testing.assert_allclose(xg, xc, atol=1e-5)
+        np.testing.assert_array_equal(yg, yc)
+
+
+def test_gpu_dataset_equals_gpu_loader(dataset):
+    ld = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="gpu", dim=(16, 16), batch_size=4)
+    got = list(ld.dataset().take(len(ld)).as_numpy_iterator())
+    for i, (x, y) in enumerate(got):
+        np.testing.assert_allclose(x, ld[i][0], atol=1e-6)
