@@ -1,4 +1,4 @@
-"""The ``dalidw`` command: synth, check, show, train and demo.
+"""The ``dalidw`` command: synth, check, show, train, demo and bench.
 
 Exit codes: 0 success, 2 bad arguments or bad data, 1 any other failure.
 """
@@ -87,9 +87,20 @@ def cmd_check(args) -> int:
 
 def cmd_show(args) -> int:
     from .loader import SequenceDataLoader
-    from .show import save_tile_png
+    from .show import save_batch_png, save_tile_png
 
     data = _read_csv(args.csv)
+    if args.batch is not None:
+        loader = SequenceDataLoader(args.labels, data, args.image_dir, dim=args.dim, device=args.device,
+                                    batch_size=args.batch_size, random_seed=args.seed, shuffle=not args.no_shuffle)
+        for _ in range(args.epoch):
+            loader.on_epoch_end()
+        if not 0 <= args.batch < len(loader):
+            raise DataError([f"batch {args.batch} is out of range: an epoch has {len(loader)} batches "
+                             f"of {args.batch_size}"], context="no such batch")
+        rows = save_batch_png(loader, args.batch, args.output, max_rows=args.rows)
+        print(f"wrote {args.output} ({rows} tiles of batch {args.batch}, epoch {args.epoch})")
+        return 0
     loader = SequenceDataLoader(args.labels, data, args.image_dir, dim=args.dim, device=args.device,
                                 shuffle=False, batch_size=1)
     tile = args.tile
@@ -99,6 +110,31 @@ def cmd_show(args) -> int:
     save_tile_png(loader, loader.table.tile_ids[ids.index(str(tile))], args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def bench_script() -> str:
+    """The benchmark script of the source tree dalidw runs from."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "bench", "run.py")
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+
+    script = bench_script()
+    if not os.path.isfile(script):
+        raise DataError([f"{script} is not there: the benchmark ships with the source repository, "
+                         "so run dalidw from a clone (pip install -e .)"], context="no benchmark found")
+    cmd = [sys.executable, script, "--layout", args.layout]
+    if args.quick:
+        cmd.append("--quick")
+    if args.data:
+        cmd += ["--data", args.data]
+    if args.out:
+        cmd += ["--out", args.out]
+    if args.only:
+        cmd += ["--only", *args.only]
+    return subprocess.run(cmd).returncode
 
 
 def _report_training(result, out: str) -> None:
@@ -181,13 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     labels_arg(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("show", help="draw one tile's sequence as the model sees it")
+    p = sub.add_parser("show", help="draw one tile's sequence, or a batch, as the model sees it")
     p.add_argument("csv")
     p.add_argument("image_dir")
-    p.add_argument("--tile", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tile", help="the tile_id to draw")
+    which.add_argument("--batch", type=int, help="draw batch N of an epoch as a grid instead")
     p.add_argument("-o", "--output", default="sample.png")
     p.add_argument("--dim", type=parse_dim, default=(64, 64))
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16, help="with --batch: tiles per batch")
+    p.add_argument("--rows", type=int, default=8, help="with --batch: at most this many tiles drawn")
+    p.add_argument("--epoch", type=int, default=0, help="with --batch: the epoch (its shuffle order)")
+    p.add_argument("--seed", type=int, default=42, help="with --batch: the loader's random_seed")
+    p.add_argument("--no-shuffle", action="store_true", help="with --batch: table order")
     labels_arg(p)
     p.set_defaults(func=cmd_show)
 
@@ -209,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="run the throughput benchmark of bench/ (from a source clone)")
+    p.add_argument("--quick", action="store_true", help="small data: under a minute on 2 cores")
+    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled"])
+    p.add_argument("--data", help="where the generated dataset goes (default: a temporary folder)")
+    p.add_argument("--out", help="where the JSON and the chart go (default: bench/results)")
+    p.add_argument("--only", nargs="*", help="loaders to run (default: all)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

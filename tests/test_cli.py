@@ -81,3 +81,45 @@ def test_demo_trains_a_model_that_beats_the_mean(tmp_path):
     assert "the model beats it" in result.stdout
     for name in ("model.keras", "log.csv", "loss.png", "sample.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
+
+
+def test_show_draws_a_grid_of_a_batch(synth_dir, tmp_path):
+    out = tmp_path / "batch.png"
+    result = dalidw("show", synth_dir / "tiles.csv", synth_dir / "Images", "--batch", 1, "--batch-size", 5,
+                    "--rows", 3, "-o", out, "--labels", "2016..2018", "--device", "cpu", "--dim", "24x32")
+    assert result.returncode == 0, result.stderr
+    assert "3 tiles of batch 1" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_refuses_a_batch_past_the_epoch_and_an_unknown_tile(synth_dir, tmp_path):
+    result = dalidw("show", synth_dir / "tiles.csv", synth_dir / "Images", "--batch", 99, "--batch-size", 8,
+                    "-o", tmp_path / "b.png", "--labels", "2016..2018", "--device", "cpu")
+    assert result.returncode == 2 and "an epoch has 3 batches" in result.stderr
+    result = dalidw("show", synth_dir / "tiles.csv", synth_dir / "Images", "--tile", "no-such-tile",
+                    "-o", tmp_path / "t.png", "--labels", "2016..2018", "--device", "cpu")
+    assert result.returncode == 2 and "no-such-tile" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "t.png").exists()
+
+
+def test_show_needs_a_tile_or_a_batch(synth_dir):
+    result = dalidw("show", synth_dir / "tiles.csv", synth_dir / "Images")
+    assert result.returncode == 2 and "--tile" in result.stderr
+
+
+def test_train_reports_a_wrong_image_dir(synth_dir, tmp_path):
+    result = dalidw("train", synth_dir / "tiles.csv", tmp_path / "nowhere", "--labels", "2016..2018",
+                    "--out", tmp_path / "run")
+    assert result.returncode == 2 and "is not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_runs_the_benchmark_of_the_source_tree(tmp_path):
+    result = dalidw("bench", "--quick", "--only", "floor", "--data", tmp_path / "data", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "floor" in result.stdout and (tmp_path / "out" / "quick-tiled.json").is_file()
+
+
+def test_every_subcommand_has_help():
+    for command in ("synth", "check", "show", "train", "demo", "bench"):
+        result = dalidw(command, "--help")
+        assert result.returncode == 0 and "usage: dalidw " + command in result.stdout
