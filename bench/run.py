@@ -121,10 +121,10 @@ def floor(root: str, mode: dict):
 
     tiles = boxes_of(pd.read_csv(os.path.join(root, "tiles.csv")))
     batch = mode["batch"]
-    decoder = RegionDecoder(n_channels=3, dtype=np.uint8, device="cpu", device_id=None,
-                            num_threads=os.cpu_count() or 1)
+    decoder = RegionDecoder(dtype=np.uint8, device="cpu", device_id=None, num_threads=os.cpu_count() or 1)
     spec = GraphSpec(batch_size=batch, dim=DIM, channels=3, frames=len(YEARS), input_dtype=np.uint8,
-                     scale=1 / 255, split_last=False, target_size=1, device="cpu", device_id=None,
+                     gain=(1 / 255,) * 3, offset=(0.0,) * 3, interpolation="linear", num_classes=0,
+                     split_last=False, target_size=1, device="cpu", device_id=None,
                      num_threads=os.cpu_count() or 1)
     pipe = build_pipeline(spec, prefetch_queue_depth=1)
     pipe.build()

@@ -1,38 +1,54 @@
-"""Whole-region decoding with DALI: encoded TIFF bytes in, (H, W, C) arrays in host memory out."""
+"""Whole-region decoding: encoded TIFF bytes in, (H, W, bands) arrays in host memory out.
+
+DALI decodes what its TIFF decoder can read; the rest (planar-separate bands, signed samples,
+and any file DALI turns out to refuse) takes the slow path, tifffile on the CPU, with the same
+output. Each file that takes the slow path is said once, in a warning, with the reason.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import DecodeError
 
+#: How many slow-path files a warning lists by name.
+WARN_LISTED = 5
+
+
+class SlowPathWarning(UserWarning):
+    """Some images are decoded by tifffile on the CPU instead of by DALI."""
+
 
 class RegionDecoder:
-    """Decodes whole region images with a small DALI pipeline.
+    """Decodes whole region images, every band, in their own sample type.
 
-    On the GPU the "mixed" decoder lets nvImageCodec decode on the device where it can
-    (and fall back to its CPU codecs where it cannot); the result is copied to host memory.
+    DALI's decoder runs with ``output_type=ANY_DATA`` (all bands kept) and ``dtype`` set to the
+    images' sample type (16-bit and float data kept). On the GPU the "mixed" decoder lets
+    nvImageCodec decode on the device where it can (and fall back to its CPU codecs where it
+    cannot); the result is copied to host memory.
 
     Args:
-        n_channels: 1 for gray (ITU-R 601 luma), 3 for RGB.
-        dtype: the sample type of the images, uint8 or uint16.
+        dtype: the sample type of the images (uint8, uint16, int16 or float32).
         device: "cpu" or "gpu".
         device_id: the GPU, or None on the CPU.
         max_batch: most images decoded in one run.
         num_threads: DALI's CPU threads.
         verify: decode every image a second time with tifffile and compare.
+        slow_path: path -> reason, for images known (from their headers) to need tifffile.
 
     DALI's TIFF decoder fills what it cannot decode with zeros instead of failing; an image
     that decodes to all zeros is therefore decoded again with tifffile, which does fail.
     ``verify=True`` extends that check to every image.
     """
 
-    def __init__(self, *, n_channels: int, dtype: np.dtype, device: str, device_id: int | None,
-                 max_batch: int = 8, num_threads: int = 2, verify: bool = False):
-        self.n_channels = n_channels
+    def __init__(self, *, dtype: np.dtype, device: str, device_id: int | None, max_batch: int = 8,
+                 num_threads: int = 2, verify: bool = False, slow_path: dict[str, str] | None = None):
         self.dtype = np.dtype(dtype)
+        self.slow_path: dict[str, str] = dict(slow_path or {})
+        self._warned: set[str] = set()
         self.device = device
         self.device_id = device_id
         self.max_batch = max_batch
@@ -43,15 +59,16 @@ class RegionDecoder:
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        output_type = types.GRAY if self.n_channels == 1 else types.RGB
-        dali_dtype = types.UINT16 if self.dtype == np.uint16 else types.UINT8
+        dali_dtype = {"uint8": types.UINT8, "uint16": types.UINT16, "float32": types.FLOAT}.get(self.dtype.name)
+        if dali_dtype is None:
+            return None  # DALI does not decode this sample type: every image takes the slow path
         backend = "mixed" if self.device == "gpu" else "cpu"
 
         @pipeline_def(batch_size=self.max_batch, num_threads=self.num_threads, device_id=self.device_id,
                       prefetch_queue_depth=1, exec_dynamic=True)
         def region_decode():
             encoded = fn.external_source(name="encoded", batch=False, dtype=types.UINT8)
-            return fn.decoders.image(encoded, device=backend, output_type=output_type, dtype=dali_dtype)
+            return fn.decoders.image(encoded, device=backend, output_type=types.ANY_DATA, dtype=dali_dtype)
 
         pipe = region_decode()
         pipe.build()
@@ -72,37 +89,65 @@ class RegionDecoder:
             shapes: the (height, width) each header announced.
 
         Returns:
-            one array per path, (height, width, n_channels) of ``dtype``.
+            one array per path, (height, width, bands) of ``dtype``.
 
         Raises:
             DecodeError: naming the first file that cannot be decoded, or whose decoded
                 size differs from its header.
         """
-        results: list[np.ndarray] = []
-        for start in range(0, len(paths), self.max_batch):
-            chunk = list(paths[start : start + self.max_batch])
-            encoded = [_read_bytes(p) for p in chunk]
+        results: dict[int, np.ndarray] = {}
+        fast = [i for i, p in enumerate(paths) if p not in self.slow_path and self._pipe is not None]
+        for i, path in enumerate(paths):
+            if self._pipe is None and path not in self.slow_path:
+                self.slow_path[path] = f"{self.dtype.name} samples"
+        for start in range(0, len(fast), self.max_batch):
+            chunk = fast[start : start + self.max_batch]
+            encoded = [_read_bytes(paths[i]) for i in chunk]
             try:
                 decoded = self._run(encoded)
             except Exception:
                 self._pipe = self._build()
-                decoded = [self._decode_one(p, e) for p, e in zip(chunk, encoded)]
-            for path, image, shape in zip(chunk, decoded, shapes[start : start + self.max_batch]):
-                if image.shape[:2] != tuple(shape) or image.dtype != self.dtype:
-                    raise DecodeError(path, f"decoded {image.shape} {image.dtype}, expected "
-                                            f"{tuple(shape)} {self.dtype} from its header")
+                decoded = [self._decode_one(paths[i], e) for i, e in zip(chunk, encoded)]
+            for i, image in zip(chunk, decoded):
+                if image is None:
+                    continue  # DALI refused it: it joined the slow path
                 if self.verify or not image.any():
-                    _check_with_tifffile(path, image, self.n_channels)
-            results += decoded
-        return results
+                    _check_with_tifffile(paths[i], image)
+                results[i] = image
+        for i, path in enumerate(paths):
+            if i not in results:
+                results[i] = read_with_tifffile(path)
+        self.warn_slow_path(paths)
+        out = []
+        for i, (path, shape) in enumerate(zip(paths, shapes)):
+            image = results[i]
+            if image.shape[:2] != tuple(shape) or image.dtype != self.dtype:
+                raise DecodeError(path, f"decoded {image.shape} {image.dtype}, expected "
+                                        f"{tuple(shape)} {self.dtype} from its header")
+            out.append(image)
+        return out
 
-    def _decode_one(self, path: str, encoded: np.ndarray) -> np.ndarray:
+    def _decode_one(self, path: str, encoded: np.ndarray) -> np.ndarray | None:
+        """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
         try:
             return self._run([encoded])[0]
         except Exception as err:
             self._pipe = self._build()
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DecodeError(path, reason) from None
+            self.slow_path[path] = f"DALI's decoder failed: {reason}"
+            return None
+
+    def warn_slow_path(self, paths: Sequence[str]) -> None:
+        """Warn once about each of ``paths`` that takes the slow path."""
+        new = [p for p in paths if p in self.slow_path and p not in self._warned]
+        if not new:
+            return
+        self._warned.update(new)
+        listed = "; ".join(f"{p} ({self.slow_path[p]})" for p in new[:WARN_LISTED])
+        more = f"; and {len(new) - WARN_LISTED} more" if len(new) > WARN_LISTED else ""
+        warnings.warn(f"dalidw: {len(new)} image(s) decoded by tifffile on the CPU (the slow path), as DALI's "
+                      f"decoder cannot read them: {listed}{more}. The batches are the same; only slower. "
+                      "loader.slow_path lists them all.", SlowPathWarning, stacklevel=4)
 
 
 def _read_bytes(path: str) -> np.ndarray:
@@ -112,19 +157,30 @@ def _read_bytes(path: str) -> np.ndarray:
         raise DecodeError(path, f"cannot read the file: {err.strerror}") from None
 
 
-def _check_with_tifffile(path: str, image: np.ndarray, n_channels: int) -> None:
-    """Raise DecodeError if tifffile cannot decode ``path`` or gives other pixels than ``image``."""
+def read_with_tifffile(path: str) -> np.ndarray:
+    """The first image of a TIFF as (H, W, bands), planar-separate bands moved last.
+
+    Raises:
+        DecodeError: tifffile cannot decode it.
+    """
     import tifffile
 
     try:
-        pixels = tifffile.imread(path, key=0)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            pixels = page.asarray()
+            separate = int(page.samplesperpixel) > 1 and int(page.planarconfig) == 2
     except Exception as err:
         raise DecodeError(path, f"{type(err).__name__}: {err}") from None
     if pixels.ndim == 2:
         pixels = pixels[..., None]
-    if n_channels == 3:
-        pixels = pixels[..., :3]
-    elif pixels.shape[-1] != 1:
-        return  # DALI's luma conversion has no exact twin here; the decode itself succeeded
+    elif separate:
+        pixels = np.moveaxis(pixels, 0, -1)
+    return np.ascontiguousarray(pixels)
+
+
+def _check_with_tifffile(path: str, image: np.ndarray) -> None:
+    """Raise DecodeError if tifffile cannot decode ``path`` or gives other pixels than ``image``."""
+    pixels = read_with_tifffile(path)
     if pixels.shape != image.shape or not np.array_equal(pixels, image):
         raise DecodeError(path, "DALI's decoder and tifffile disagree on its pixels; the file may be damaged")

@@ -10,19 +10,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .augment import draw_codes, parse_augment
+from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .devices import resolve_device
 from .index import LAST_IMAGE, build_table
+from .normalize import affine
 from .order import batch_count, batch_positions, epoch_order
 from .pipeline import FRAMES, TARGET, GraphSpec, build_pipeline
 from .regions import FrameSource, RegionCache
-from .validate import SUPPORTED_DTYPES, check_images
+from .validate import check_images
 
 #: Default bound of the decoded-region cache, in bytes (2 GiB).
 DEFAULT_CACHE_BYTES = 2 << 30
 
 
-def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any, n_channels: Any) -> tuple[int, int]:
+def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any) -> tuple[int, int]:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
         raise ValueError(f"Expected `labels` to be a non-empty list of labels (e.g. years). Received: labels={labels!r}")
     if len({str(v) for v in labels}) != len(labels):
@@ -33,9 +36,17 @@ def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any, n_channels:
         raise ValueError(f"Expected `dim` to be (height, width) of positive ints. Received: dim={dim!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
-    if n_channels not in (1, 3) or isinstance(n_channels, bool):
-        raise ValueError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB). Received: n_channels={n_channels!r}")
     return int(dim[0]), int(dim[1])
+
+
+def _interpolation(interpolation: Any, num_classes: int | None) -> str:
+    if interpolation is None:
+        return "nearest" if num_classes else "linear"
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"Expected `interpolation` to be 'linear' or 'nearest'. Received: interpolation={interpolation!r}")
+    if num_classes and interpolation != "nearest":
+        raise ValueError("`num_classes` one-hot encodes class ids, which only interpolation='nearest' keeps intact")
+    return interpolation
 
 
 class SequenceDataLoader:
@@ -49,10 +60,12 @@ class SequenceDataLoader:
         image_dir: images are read from ``image_dir/{label}/{region_id}{extension}``.
         dim: (height, width) of the output frames, in pixels.
         batch_size: tiles per batch; the last batch of an epoch may be smaller.
-        n_channels: 1 (gray, ITU-R 601 luma) or 3 (RGB).
+        n_channels: 3 (RGB, the default) or 1 (gray: a 1-band image, or ITU-R 601 luma of RGB);
+            with ``bands`` it follows them.
         random_seed: seed of the epoch permutations; None draws one.
         shuffle: a new permutation every epoch; False keeps the table order.
-        normalize: scale to [0, 1] by the sample type's range (255, 65535); False keeps raw values.
+        normalize: divide integer samples by their type's range (255, 65535, 32767); float samples
+            are kept as they are unless ``scale`` is given. False keeps raw values.
         target: a column name, a list of names (y is (B, k)), or "last-image" (x holds the
             first T-1 frames and y is the last frame).
         device: "auto" (the GPU when DALI sees one), "cpu", "gpu" or "gpu:N".
@@ -63,6 +76,15 @@ class SequenceDataLoader:
         progress: show a progress bar while checking headers (None: when it is worth it).
         verify_decode: decode every region a second time with tifffile and compare (slow; for
             auditing a dataset). Without it, only images that decode to all zeros are re-checked.
+        bands: 0-based band indices to pick from multi-band images, in output order.
+        num_classes: one-hot encode a single-band class map to this many channels (ids 0..K-1).
+        interpolation: "linear" (default; antialiased when shrinking) or "nearest" (the default
+            with ``num_classes``; never invents values, for class maps).
+        scale: with ``normalize``, divide by this instead of the type's range (10000 for
+            Sentinel-2 reflectance, say).
+        mean, std: per channel (or one for all), standardize as (value - mean) / std after scaling.
+        augment: True (random flips and quarter turns), "flip", "rot90" or a list of those; one
+            transform drawn per sample from (random_seed, epoch), the same for all its frames.
 
     Raises:
         DataError: the table or the images have problems (all of them are listed).
@@ -77,7 +99,7 @@ class SequenceDataLoader:
         image_dir: str | os.PathLike,
         dim: tuple[int, int] = (64, 64),
         batch_size: int = 32,
-        n_channels: int = 3,
+        n_channels: int | None = None,
         random_seed: int | None = 42,
         shuffle: bool = True,
         normalize: bool = True,
@@ -90,11 +112,23 @@ class SequenceDataLoader:
         num_threads: int | None = None,
         progress: bool | None = None,
         verify_decode: bool = False,
+        bands: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        interpolation: str | None = None,
+        scale: float | None = None,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        augment: bool | str | Sequence[str] | None = None,
     ):
-        self.dim = _check_options(labels, dim, batch_size, n_channels)
+        self.dim = _check_options(labels, dim, batch_size)
+        self.channels = ChannelSpec.from_options(n_channels, bands, num_classes)
+        self.interpolation = _interpolation(interpolation, self.channels.num_classes)
+        if self.channels.num_classes and (scale is not None or mean is not None or std is not None):
+            raise ValueError("`num_classes` gives one-hot channels of 0 and 1: `scale`, `mean` and `std` do not apply")
+        self._augment = parse_augment(augment, self.dim)
         self.labels = list(labels)
         self.batch_size = int(batch_size)
-        self.n_channels = int(n_channels)
+        self.n_channels = self.channels.out_channels
         self.shuffle = bool(shuffle)
         self.normalize = bool(normalize)
         self.target = target
@@ -107,12 +141,16 @@ class SequenceDataLoader:
         self.num_threads = int(num_threads or os.cpu_count() or 1)
 
         self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
-        self.images = check_images(self.table, self.labels, image_dir, extension, self.n_channels,
+        norm = dict(normalize=self.normalize and not self.channels.num_classes, scale=scale, mean=mean, std=std)
+        affine(np.dtype("uint8"), self.channels.n_channels, **norm)  # bad options fail before any file is read
+        self.images = check_images(self.table, self.labels, image_dir, extension, self.channels,
                                    progress=progress)
-        decoder = RegionDecoder(n_channels=self.n_channels, dtype=self.images.dtype, device=self.device,
-                                device_id=self.device_id, num_threads=self.num_threads,
-                                verify=verify_decode)
-        self._frames = FrameSource(self.table, self.images, decoder, RegionCache(cache_bytes))
+        self._gain, self._offset = affine(self.images.dtype, self.channels.n_channels, **norm)
+        decoder = RegionDecoder(dtype=self.images.dtype, device=self.device, device_id=self.device_id,
+                                num_threads=self.num_threads, verify=verify_decode,
+                                slow_path=self.images.slow_path)
+        decoder.warn_slow_path(list(self.images.slow_path))
+        self._frames = FrameSource(self.table, self.images, decoder, RegionCache(cache_bytes), self.channels)
         self.epoch = 0
         self._numpy_pipe = None
         self._numpy_lock = threading.Lock()
@@ -144,6 +182,16 @@ class SequenceDataLoader:
             index += len(self)
         return batch_positions(self._order(epoch), int(index), self.batch_size)
 
+    def _codes(self, epoch: int, positions: np.ndarray) -> np.ndarray | None:
+        """The augmentation transform of each tile at ``positions`` in ``epoch``, or None."""
+        codes = draw_codes(self._augment, self.n_tiles, epoch, self.random_seed)
+        return None if codes is None else codes[positions]
+
+    @property
+    def slow_path(self) -> dict[str, str]:
+        """Images decoded by tifffile on the CPU instead of DALI: path -> why."""
+        return dict(self._frames.decoder.slow_path)
+
     def tile_ids(self, index: int) -> np.ndarray:
         """The tile_ids of batch ``index`` of the current epoch, in the order of its x and y."""
         return self.table.tile_ids[self._positions(index, self.epoch)]
@@ -159,15 +207,15 @@ class SequenceDataLoader:
         return len(self.labels) - 1 if self.split_last else len(self.labels)
 
     def _spec(self) -> GraphSpec:
-        scale = 1.0 / SUPPORTED_DTYPES[self.images.dtype.name] if self.normalize else 1.0
         return GraphSpec(
-            batch_size=self.batch_size, dim=self.dim, channels=self.n_channels, frames=len(self.labels),
-            input_dtype=self.images.dtype, scale=scale, split_last=self.split_last,
+            batch_size=self.batch_size, dim=self.dim, channels=self.channels.n_channels, frames=len(self.labels),
+            input_dtype=self.images.dtype, gain=self._gain, offset=self._offset, interpolation=self.interpolation,
+            num_classes=self.channels.num_classes or 0, split_last=self.split_last,
             target_size=0 if self.split_last else len(self.table.target_names),
             device=self.device, device_id=self.device_id, num_threads=self.num_threads)
 
-    def _inputs(self, positions: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        frames = self._frames.frames(positions, range(len(self.labels)))
+    def _inputs(self, positions: np.ndarray, codes: np.ndarray | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        frames = self._frames.frames(positions, range(len(self.labels)), codes)
         targets = [] if self.split_last else list(self.table.targets[positions])
         return frames, targets
 
@@ -184,18 +232,19 @@ class SequenceDataLoader:
             x: float32 (B, T, H, W, C) (T-1 frames with "last-image"), in [0, 1] when normalizing.
             y: float32 (B,) for one target column, (B, k) for k columns, (B, H, W, C) for "last-image".
         """
-        return self._run(self._positions(index, self.epoch))
+        positions = self._positions(index, self.epoch)
+        return self._run(positions, self._codes(self.epoch, positions))
 
     def sample(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         """The tile at ``position`` in the table (not in the epoch order), as one sample:
-        x float32 (T, H, W, C) and its y, preprocessed exactly as in the batches."""
+        x float32 (T, H, W, C) and its y, preprocessed exactly as in the batches (without augmentation)."""
         if not 0 <= position < self.n_tiles:
             raise IndexError(f"tile position {position} is out of range for {self.n_tiles} tiles")
-        x, y = self._run(np.array([position], dtype=np.int64))
+        x, y = self._run(np.array([position], dtype=np.int64), None)
         return x[0], y[0]
 
-    def _run(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        frames, targets = self._inputs(positions)
+    def _run(self, positions: np.ndarray, codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        frames, targets = self._inputs(positions, codes)
         with self._numpy_lock:
             if self._numpy_pipe is None:
                 self._numpy_pipe = build_pipeline(self._spec(), prefetch_queue_depth=1)
@@ -229,7 +278,8 @@ class SequenceDataLoader:
             for index in range(len(self)):
                 positions = self._padded_positions(epoch, index)
                 if kind == FRAMES:
-                    yield from self._frames.frames(positions, range(len(self.labels)))
+                    codes = self._codes(epoch, positions)
+                    yield from self._frames.frames(positions, range(len(self.labels)), codes)
                 else:
                     yield from self.table.targets[positions]
             epoch += 1

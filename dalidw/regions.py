@@ -8,6 +8,8 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from .augment import transform, turned_shape
+from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .index import TileTable
 from .validate import ImageSet
@@ -49,36 +51,43 @@ class RegionCache:
 
 class FrameSource:
     """Cuts the T frames of tiles out of their region images, decoding each region at most once
-    while it stays in the cache.
+    while it stays in the cache. The cache holds only the channels asked for (``channels.select``).
 
     Thread-safe: the numpy path and the TensorFlow input thread may ask at the same time.
     """
 
-    def __init__(self, table: TileTable, images: ImageSet, decoder: RegionDecoder, cache: RegionCache):
+    def __init__(self, table: TileTable, images: ImageSet, decoder: RegionDecoder, cache: RegionCache,
+                 channels: ChannelSpec):
         self.table = table
         self.images = images
         self.decoder = decoder
         self.cache = cache
+        self.channels = channels
         self._region_cols = np.array([images.region_index[r] for r in table.region_ids], dtype=np.int64)
         self._lock = threading.Lock()
         self.decoded_images = 0
 
-    def frames(self, positions: np.ndarray, labels: range | list[int]) -> list[np.ndarray]:
+    def frames(self, positions: np.ndarray, labels: range | list[int],
+               codes: np.ndarray | None = None) -> list[np.ndarray]:
         """The frames of the tiles at ``positions``.
 
         Args:
             positions: tile positions in the table.
             labels: which labels (indices into the image set's labels), in frame order.
+            codes: int (len(positions),) augmentation transform per tile (see ``augment``), applied
+                alike to all its frames; None for none.
 
         Returns:
-            one array per tile, (F, h, w, C) with F = len(labels) and (h, w) its box size.
+            one array per tile, (F, h, w, C) with F = len(labels) and (h, w) its box size
+            (swapped by a quarter turn).
         """
         labels = list(labels)
         boxes = self.table.boxes[positions]
         cols = self._region_cols[positions]
-        channels = self.decoder.n_channels
-        out = [np.empty((len(labels), b[3] - b[1], b[2] - b[0], channels), dtype=self.decoder.dtype)
-               for b in boxes]
+        codes = np.zeros(len(positions), dtype=np.int8) if codes is None else np.asarray(codes)
+        channels = self.channels.n_channels
+        out = [np.empty((len(labels), *turned_shape(b[3] - b[1], b[2] - b[0], c), channels), dtype=self.decoder.dtype)
+               for b, c in zip(boxes, codes)]
         wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for slot, col in enumerate(cols):
             for f, t in enumerate(labels):
@@ -91,20 +100,23 @@ class FrameSource:
                 if image is None:
                     missing.append(key)
                 else:
-                    self._cut(image, uses, boxes, out)
+                    self._cut(image, uses, boxes, codes, out)
             step = self.decoder.max_batch
             for start in range(0, len(missing), step):
                 keys = missing[start : start + step]
                 paths = [self.images.paths[t, c] for t, c in keys]
                 shapes = [(int(self.images.heights[t, c]), int(self.images.widths[t, c])) for t, c in keys]
-                for key, image in zip(keys, self.decoder.decode(paths, shapes)):
+                for key, path, image in zip(keys, paths, self.decoder.decode(paths, shapes)):
                     self.decoded_images += 1
-                    self._cut(image, wanted[key], boxes, out)
+                    image = self.channels.select(image, path)
+                    self._cut(image, wanted[key], boxes, codes, out)
                     self.cache.put(key, image)
         return out
 
     @staticmethod
-    def _cut(image: np.ndarray, uses: list[tuple[int, int]], boxes: np.ndarray, out: list[np.ndarray]) -> None:
+    def _cut(image: np.ndarray, uses: list[tuple[int, int]], boxes: np.ndarray, codes: np.ndarray,
+             out: list[np.ndarray]) -> None:
         for slot, f in uses:
             xmin, ymin, xmax, ymax = boxes[slot]
-            out[slot][f] = image[ymin:ymax, xmin:xmax]
+            crop = image[ymin:ymax, xmin:xmax]
+            out[slot][f] = transform(crop, codes[slot]) if codes[slot] else crop

@@ -47,16 +47,16 @@ def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0):
     spec = loader._spec()
     batch = spec.batch_size
     frames = spec.frames
-    channels = spec.channels
+    channels = spec.out_channels
     height, width = spec.dim
-    in_dtype = tf.uint16 if spec.input_dtype == "uint16" else tf.uint8
+    in_dtype = tf.as_dtype(spec.input_dtype)
 
     device = "/gpu:%d" % spec.device_id if spec.device == "gpu" else "/cpu:0"
     inputs = {}
     with tf.device("/cpu:0"):
         frames_ds = tf.data.Dataset.from_generator(
             lambda: loader._stream(FRAMES, start_epoch),
-            output_signature=tf.TensorSpec((frames, None, None, channels), in_dtype))
+            output_signature=tf.TensorSpec((frames, None, None, spec.channels), in_dtype))
         inputs[FRAMES] = (frames_ds, "FHWC")
         if not spec.split_last:
             target_ds = tf.data.Dataset.from_generator(

@@ -10,11 +10,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from .bands import DTYPE_RANGES, ChannelSpec
 from .errors import DataError, shown
 from .index import TileTable, key_text
-
-#: Sample types the decoder reads, with the value that ``normalize=True`` divides by.
-SUPPORTED_DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0}
 
 
 @dataclass(frozen=True)
@@ -26,6 +24,17 @@ class ImageInfo:
     channels: int
     dtype: np.dtype
     planar_separate: bool
+    tile_shape: tuple[int, int] | None = None
+
+    def slow_path_reason(self) -> str | None:
+        """Why DALI's TIFF decoder cannot read this image (so a CPU decoder must), or None."""
+        if self.planar_separate:
+            return "planar-separate bands"
+        if self.dtype.kind == "i":
+            return f"signed {self.dtype.name} samples"
+        if self.tile_shape is not None and (self.tile_shape[0] % 16 or self.tile_shape[1] % 16):
+            return f"{self.tile_shape[1]}x{self.tile_shape[0]} tiles, not multiples of 16"
+        return None
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class ImageSet:
         region_index: region id -> column in ``paths``.
         dtype: the sample type of every image.
         channels: the band count of every image.
+        slow_path: path -> why DALI cannot decode it, for the images a CPU decoder must read.
     """
 
     paths: np.ndarray
@@ -47,6 +57,7 @@ class ImageSet:
     region_index: dict[str, int]
     dtype: np.dtype
     channels: int
+    slow_path: dict[str, str]
 
 
 def image_path(image_dir: str | os.PathLike, label: Any, region_id: str, extension: str) -> str:
@@ -67,9 +78,10 @@ def read_header(path: str) -> ImageInfo:
             channels = int(page.samplesperpixel)
             planar = channels > 1 and int(page.planarconfig) == 2
             dtype = np.dtype(page.dtype) if page.dtype is not None else np.dtype("V")
+            tile_shape = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
     except Exception as err:  # tifffile raises many kinds for a broken file
         raise ValueError(f"not a readable TIFF ({type(err).__name__}: {err})") from None
-    return ImageInfo(height, width, channels, dtype, planar)
+    return ImageInfo(height, width, channels, dtype, planar, tile_shape)
 
 
 def check_images(
@@ -77,7 +89,7 @@ def check_images(
     labels: Sequence[Any],
     image_dir: str | os.PathLike,
     extension: str,
-    n_channels: int,
+    channels: ChannelSpec,
     *,
     progress: bool | None = None,
 ) -> ImageSet:
@@ -85,7 +97,7 @@ def check_images(
 
     Raises:
         DataError: listing every missing or unreadable image, every box outside its image,
-            and images whose sample type or bands cannot give ``n_channels`` channels.
+            and images whose sample type or bands cannot give the ``channels`` asked for.
     """
     from tqdm.auto import tqdm
 
@@ -111,20 +123,14 @@ def check_images(
             problems.append(f"{path}: {err}")
 
     dtypes: dict[str, str] = {}
-    bands: dict[int, str] = {}
     for (t, j), info in infos.items():
         path = paths[t, j]
         dtypes.setdefault(info.dtype.name, path)
-        bands.setdefault(info.channels, path)
-        if info.dtype.name not in SUPPORTED_DTYPES:
-            problems.append(f"{path}: samples are {info.dtype.name}; supported: {', '.join(SUPPORTED_DTYPES)}")
-        if info.planar_separate:
-            problems.append(f"{path}: planar-separate band layout, which the decoder does not read; "
-                            "write it band-interleaved (planarconfig=contig)")
-        if n_channels == 3 and info.channels not in (3, 4):
-            problems.append(f"{path}: has {info.channels} band(s); n_channels=3 needs an RGB or RGBA image")
-        if n_channels == 1 and info.channels not in (1, 3, 4):
-            problems.append(f"{path}: has {info.channels} bands; n_channels=1 needs a gray, RGB or RGBA image")
+        if info.dtype.name not in DTYPE_RANGES:
+            problems.append(f"{path}: samples are {info.dtype.name}; supported: {', '.join(DTYPE_RANGES)}")
+        problem = channels.problem(path, info.channels, info.dtype)
+        if problem:
+            problems.append(problem)
     if len(dtypes) > 1:
         problems.append("images mix sample types: " + ", ".join(f"{d} (e.g. {p})" for d, p in dtypes.items()))
 
@@ -146,4 +152,6 @@ def check_images(
     if problems:
         raise DataError(problems, context="the images do not match the tiles table")
     any_info = next(iter(infos.values()))
-    return ImageSet(paths=paths, heights=heights, widths=widths, region_index=region_index, dtype=any_info.dtype, channels=any_info.channels)
+    slow_path = {paths[key]: reason for key, info in infos.items() if (reason := info.slow_path_reason())}
+    return ImageSet(paths=paths, heights=heights, widths=widths, region_index=region_index, dtype=any_info.dtype,
+                    channels=any_info.channels, slow_path=slow_path)

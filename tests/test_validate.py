@@ -61,10 +61,10 @@ def test_a_missing_image_dir_is_said_plainly(dataset):
 
 def test_unsupported_sample_types_are_refused(tmp_path, dataset):
     path = os.path.join(dataset.image_dir, "2016", "10.tif")
-    tifffile.imwrite(path, np.zeros((96, 112, 3), np.float32), photometric="rgb")
+    tifffile.imwrite(path, np.zeros((96, 112, 3), np.float64), photometric="rgb")
     with pytest.raises(DataError) as info:
         loader(dataset)
-    assert "samples are float32" in str(info.value)
+    assert "samples are float64; supported: uint8, uint16, int16, float32" in str(info.value)
     assert "images mix sample types" in str(info.value)
 
 
