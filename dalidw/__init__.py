@@ -1,6 +1,6 @@
 """dalidw: a DALI data loader of satellite image time series for Keras ConvLSTM models."""
 
-from .errors import DataError, DecodeError, DeviceUnavailableError
+from .errors import DataError, DecodeError, DeviceUnavailableError, SlowPathWarning
 from .index import parse_box
 from .loader import SequenceDataLoader
 
@@ -11,6 +11,7 @@ __all__ = [
     "DecodeError",
     "DeviceUnavailableError",
     "SequenceDataLoader",
+    "SlowPathWarning",
     "__version__",
     "parse_box",
 ]

@@ -33,6 +33,27 @@ def parse_labels(text: str) -> list[int] | list[str]:
     return [int(t) for t in items] if all(t.lstrip("-").isdigit() for t in items) else items
 
 
+def parse_bands(text: str) -> list[int]:
+    """'0,2,1' -> [0, 2, 1]."""
+    try:
+        bands = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected band indices like 3,2,1, got {text!r}") from None
+    if not bands or min(bands) < 0:
+        raise argparse.ArgumentTypeError(f"expected band indices >= 0, got {text!r}")
+    return bands
+
+
+def channel_options(args) -> dict:
+    """The loader's channel options from --bands, --num-classes and --scale."""
+    options = {}
+    for name in ("bands", "num_classes", "scale"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
 def parse_dim(text: str) -> tuple[int, int]:
     """'64' -> (64, 64); '32x48' -> (32, 48) as (height, width)."""
     parts = text.lower().split("x")
@@ -61,8 +82,10 @@ def _read_csv(path: str):
 def cmd_synth(args) -> int:
     from .synth import SynthSpec, write_dataset
 
+    bands = args.bands if args.bands is not None else (10 if args.kind == "sentinel" else 3)
     spec = SynthSpec(regions=args.regions, height=args.size[0], width=args.size[1], tile=args.tile,
-                     years=args.labels, layout=args.layout, seed=args.seed)
+                     years=args.labels, layout=args.layout, seed=args.seed, kind=args.kind, bands=bands,
+                     planar=args.planar)
     table = write_dataset(args.out_dir, spec)
     print(f"wrote {table.tile_id.nunique()} tiles of {spec.regions} regions, {len(spec.years)} years, "
           f"to {args.out_dir} (tiles.csv, Images/)")
@@ -73,14 +96,21 @@ def cmd_check(args) -> int:
     from .loader import SequenceDataLoader
 
     data = _read_csv(args.csv)
-    loader = SequenceDataLoader(args.labels, data, args.image_dir, n_channels=args.n_channels, device="cpu",
-                                progress=True, verify_decode=args.decode)
+    options = channel_options(args)
+    if args.n_channels is not None:
+        options["n_channels"] = args.n_channels
+    loader = SequenceDataLoader(args.labels, data, args.image_dir, device="cpu", progress=True,
+                                verify_decode=args.decode, **options)
     print(f"tiles: {loader.n_tiles}; regions: {len(loader.images.region_index)}; labels: {len(loader.labels)}; "
           f"images: {loader.images.paths.size} ({loader.images.dtype.name}, {loader.images.channels} band(s))")
     if args.decode:
         for _ in loader:
             pass
         print(f"decoded {loader._frames.decoded_images} images: all sound")
+    if loader.slow_path:
+        reasons = sorted(set(loader.slow_path.values()))
+        print(f"{len(loader.slow_path)} image(s) take the slow path (tifffile on the CPU, same pixels): "
+              + "; ".join(reasons))
     print("no problems found")
     return 0
 
@@ -92,7 +122,8 @@ def cmd_show(args) -> int:
     data = _read_csv(args.csv)
     if args.batch is not None:
         loader = SequenceDataLoader(args.labels, data, args.image_dir, dim=args.dim, device=args.device,
-                                    batch_size=args.batch_size, random_seed=args.seed, shuffle=not args.no_shuffle)
+                                    batch_size=args.batch_size, random_seed=args.seed, shuffle=not args.no_shuffle,
+                                    **channel_options(args))
         for _ in range(args.epoch):
             loader.on_epoch_end()
         if not 0 <= args.batch < len(loader):
@@ -102,7 +133,7 @@ def cmd_show(args) -> int:
         print(f"wrote {args.output} ({rows} tiles of batch {args.batch}, epoch {args.epoch})")
         return 0
     loader = SequenceDataLoader(args.labels, data, args.image_dir, dim=args.dim, device=args.device,
-                                shuffle=False, batch_size=1)
+                                shuffle=False, batch_size=1, **channel_options(args))
     tile = args.tile
     ids = [str(t) for t in loader.table.tile_ids]
     if str(tile) not in ids:
@@ -149,7 +180,7 @@ def cmd_train(args) -> int:
 
     data = _read_csv(args.csv)
     result = train(data, args.image_dir, args.labels, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                   dim=args.dim, device=args.device, seed=args.seed)
+                   dim=args.dim, device=args.device, seed=args.seed, **channel_options(args))
     _report_training(result, args.out)
     return 0
 
@@ -195,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dalidw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def channels_args(p):
+        p.add_argument("--bands", type=parse_bands, help="0-based bands to pick from multi-band images, e.g. 3,2,1")
+        p.add_argument("--num-classes", type=int, help="one-hot encode a single-band class map to K channels")
+        p.add_argument("--scale", type=float, help="divide by this instead of the sample type's range")
+
     def labels_arg(p):
         p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),
                        help="labels in frame order: FIRST..LAST or a comma list (default 2016..2022)")
@@ -205,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_dim, default=(256, 256), help="region HEIGHTxWIDTH in pixels")
     p.add_argument("--tile", type=parse_dim, default=(40, 45), help="tile HEIGHTxWIDTH in pixels")
     p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled", "lzw"])
+    p.add_argument("--kind", default="rgb", choices=["rgb", "label", "probability", "sentinel"],
+                   help="rgb: class colours; label: uint8 class ids; probability: 9 float32 bands; "
+                        "sentinel: uint16 reflectance")
+    p.add_argument("--bands", type=int, help="bands of --kind sentinel (4 to 13, default 10) or rgb (1 or 3)")
+    p.add_argument("--planar", action="store_true", help="write bands planar-separate")
     p.add_argument("--seed", type=int, default=0)
     labels_arg(p)
     p.set_defaults(func=cmd_synth)
@@ -212,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a tiles CSV against its images (headers only)")
     p.add_argument("csv")
     p.add_argument("image_dir")
-    p.add_argument("--n-channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("--n-channels", type=int, choices=[1, 3], help="3 (RGB, the default) or 1 (gray)")
     p.add_argument("--decode", action="store_true", help="also decode every image once and verify it")
+    channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_check)
 
@@ -231,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, default=0, help="with --batch: the epoch (its shuffle order)")
     p.add_argument("--seed", type=int, default=42, help="with --batch: the loader's random_seed")
     p.add_argument("--no-shuffle", action="store_true", help="with --batch: table order")
+    channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_show)
 
@@ -243,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="dalidw-train")
     p.add_argument("--seed", type=int, default=0)
+    channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_train)
 

@@ -12,14 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DecodeError
+from .errors import DecodeError, SlowPathWarning
 
 #: How many slow-path files a warning lists by name.
 WARN_LISTED = 5
-
-
-class SlowPathWarning(UserWarning):
-    """Some images are decoded by tifffile on the CPU instead of by DALI."""
 
 
 class RegionDecoder:

@@ -34,6 +34,10 @@ class DecodeError(DataError):
         super().__init__([f"{path}: cannot decode ({reason})"], context="dalidw could not decode an image")
 
 
+class SlowPathWarning(UserWarning):
+    """Some images are decoded by tifffile on the CPU instead of by DALI (same pixels, slower)."""
+
+
 class DeviceUnavailableError(RuntimeError):
     """The device asked for (a GPU) is not there; says which devices DALI sees."""
 

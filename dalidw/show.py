@@ -7,8 +7,15 @@ import numpy as np
 from .loader import SequenceDataLoader
 
 
-def _panel(ax, image: np.ndarray, normalized: bool) -> None:
-    """Draw one (H, W, C) frame: gray for 1 channel, the first three as RGB otherwise."""
+def _panel(ax, image: np.ndarray, normalized: bool, one_hot: bool = False) -> None:
+    """Draw one (H, W, C) frame: a one-hot class map in Dynamic World's colours, gray for 1 channel,
+    the first three as RGB otherwise."""
+    if one_hot:
+        from .synth import PALETTE
+
+        classes = image.argmax(axis=-1)
+        image = PALETTE[classes % len(PALETTE)] / 255.0
+        normalized = True
     if not normalized:
         image = image / max(float(np.abs(image).max()), 1e-12)
     if image.shape[-1] == 1:
@@ -39,7 +46,7 @@ def save_batch_png(loader: SequenceDataLoader, index: int, out_path: str, *, max
     plt, fig, axes = _figure(rows, x.shape[1])
     for r in range(rows):
         for f in range(x.shape[1]):
-            _panel(axes[r, f], x[r, f], loader.normalize)
+            _panel(axes[r, f], x[r, f], loader.normalize, bool(loader.channels.num_classes))
             if r == 0:
                 axes[r, f].set_title(str(loader.labels[f]))
         target = "" if loader.split_last else f"\n{np.ravel(y[r])[0]:.3f}"
@@ -60,7 +67,7 @@ def save_tile_png(loader: SequenceDataLoader, tile_id, out_path: str) -> None:
     frames = x.shape[0]
     plt, fig, axes = _figure(1, frames)
     for f in range(frames):
-        _panel(axes[0, f], x[f], loader.normalize)
+        _panel(axes[0, f], x[f], loader.normalize, bool(loader.channels.num_classes))
         axes[0, f].set_title(str(loader.labels[f]))
     target = "" if loader.split_last else f", target {np.ravel(y)[0]:.3f}"
     fig.suptitle(f"tile {tile_id}{target}")

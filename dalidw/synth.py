@@ -41,9 +41,13 @@ class SynthSpec:
         tile: (height, width) of the tiles cut on a grid, pixels.
         years: the labels, one image per region and year.
         layout: one of LAYOUTS.
-        bands: 3 (RGB) or 1 (gray).
-        dtype: "uint8" or "uint16" (the uint8 values times 257).
+        bands: for "rgb", 3 (RGB) or 1 (gray); for "sentinel", 4 to 13 reflectance bands.
+        dtype: for "rgb", "uint8" or "uint16" (the uint8 values times 257).
         seed: everything follows from it.
+        kind: what the images hold, as Dynamic World and Sentinel-2 exports do: "rgb" (the class
+            colours), "label" (one uint8 band of class ids 0-8), "probability" (nine float32 class
+            probability bands that sum to 1), "sentinel" (uint16 reflectance, 0-10000).
+        planar: write bands planar-separate (one plane per band) instead of interleaved.
     """
 
     regions: int = 4
@@ -55,6 +59,8 @@ class SynthSpec:
     bands: int = 3
     dtype: str = "uint8"
     seed: int = 0
+    kind: str = "rgb"
+    planar: bool = False
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -89,8 +95,31 @@ def land_cover(spec: SynthSpec, region: int) -> np.ndarray:
     return maps
 
 
+KINDS = ("rgb", "label", "probability", "sentinel")
+
+#: Made-up but fixed surface reflectance of each class in 13 Sentinel-2 bands, 0-10000.
+_REFLECTANCE = np.random.default_rng(2016).integers(300, 6000, (len(PALETTE), 13))
+
+#: GeoTIFF tags as exports carry them (pixel scale, tie point, a small key directory).
+GEOTIFF_TAGS = [
+    (33550, "d", 3, (10.0, 10.0, 0.0), False),
+    (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), False),
+    (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), False),
+    (42113, "s", 0, "0", False),
+]
+
+
 def render(classes: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
-    """The picture of a class map: (H, W, bands) of ``spec.dtype``."""
+    """The image of a class map: (H, W, bands) as ``spec.kind`` says."""
+    if spec.kind == "label":
+        return classes[..., None].copy()
+    if spec.kind == "probability":
+        logits = np.eye(len(PALETTE), dtype=np.float32)[classes] * 3 + rng.normal(0, 0.5, classes.shape + (len(PALETTE),))
+        odds = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return (odds / odds.sum(axis=-1, keepdims=True)).astype(np.float32)
+    if spec.kind == "sentinel":
+        values = _REFLECTANCE[classes][..., : spec.bands] + rng.normal(0, 150, classes.shape + (spec.bands,))
+        return values.clip(0, 10000).astype(np.uint16)
     rgb = PALETTE[classes].astype(np.int16) + rng.integers(-6, 7, classes.shape + (3,), dtype=np.int16)
     rgb = rgb.clip(0, 255).astype(np.uint8)
     if spec.bands == 1:
@@ -98,6 +127,22 @@ def render(classes: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np
     if spec.dtype == "uint16":
         return rgb.astype(np.uint16) * 257
     return rgb
+
+
+def _tiff_options(image: np.ndarray, spec: SynthSpec) -> dict:
+    """tifffile.imwrite arguments for (H, W, bands) ``image``."""
+    options = dict(LAYOUTS[spec.layout])
+    bands = image.shape[-1]
+    if bands == 1:
+        options.update(data=image[..., 0], photometric="minisblack")
+    elif spec.planar:
+        options.update(data=np.moveaxis(image, -1, 0), photometric="minisblack", planarconfig="separate")
+    else:
+        photometric = "rgb" if spec.kind == "rgb" and bands == 3 else "minisblack"
+        options.update(data=image, photometric=photometric, planarconfig="contig")
+    if spec.kind != "rgb":
+        options["extratags"] = GEOTIFF_TAGS
+    return options
 
 
 def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> pd.DataFrame:
@@ -111,6 +156,12 @@ def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> 
 
     if spec.layout not in LAYOUTS:
         raise ValueError(f"Expected `layout` to be one of {sorted(LAYOUTS)}. Received: layout={spec.layout!r}")
+    if spec.kind not in KINDS:
+        raise ValueError(f"Expected `kind` to be one of {list(KINDS)}. Received: kind={spec.kind!r}")
+    if spec.kind == "sentinel" and not 4 <= spec.bands <= 13:
+        raise ValueError(f"Expected 4 to 13 bands for kind='sentinel'. Received: bands={spec.bands}")
+    if spec.kind == "rgb" and spec.bands not in (1, 3):
+        raise ValueError(f"Expected 1 or 3 bands for kind='rgb'. Received: bands={spec.bands}")
     tile_h, tile_w = spec.tile
     if not (0 < tile_h <= spec.height and 0 < tile_w <= spec.width):
         raise ValueError(f"Expected the tile {spec.tile} to fit in a {spec.height}x{spec.width} region")
@@ -124,10 +175,7 @@ def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> 
             folder = os.path.join(out_dir, "Images", str(year))
             os.makedirs(folder, exist_ok=True)
             image = render(maps[t], spec, rng)
-            photometric = "rgb" if spec.bands == 3 else "minisblack"
-            data = image if spec.bands == 3 else image[..., 0]
-            tifffile.imwrite(os.path.join(folder, f"{region_id}.tif"), data, photometric=photometric,
-                             **LAYOUTS[spec.layout])
+            tifffile.imwrite(os.path.join(folder, f"{region_id}.tif"), **_tiff_options(image, spec))
         for y0 in range(0, spec.height - tile_h + 1, tile_h):
             for x0 in range(0, spec.width - tile_w + 1, tile_w):
                 box = (x0, y0, x0 + tile_w, y0 + tile_h)

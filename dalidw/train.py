@@ -95,14 +95,17 @@ def train(
     device: str = "auto",
     seed: int = 0,
     verbose: int = 2,
+    **loader_options: Any,
 ) -> TrainResult:
-    """Train the ConvLSTM regressor and write model, log and curves to ``out_dir``."""
+    """Train the ConvLSTM regressor and write model, log and curves to ``out_dir``.
+
+    ``loader_options`` go to both loaders (``bands``, ``num_classes``, ``scale``, ...)."""
     import keras
 
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     train_df, val_df = split_by_region(data, seed=seed)
-    common = dict(dim=dim, batch_size=batch_size, device=device, random_seed=seed)
+    common = dict(dim=dim, batch_size=batch_size, device=device, random_seed=seed, **loader_options)
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
 

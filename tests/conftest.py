@@ -41,19 +41,29 @@ class Dataset:
     table: pd.DataFrame  # long format
 
 
-def smooth_image(rng: np.random.Generator, height: int, width: int, bands: int, dtype: str) -> np.ndarray:
-    """Random but locally smooth pixels (so compression and resizing have something to do)."""
+def smooth_image(rng: np.random.Generator, height: int, width: int, bands: int, dtype: str,
+                 classes: int = 0) -> np.ndarray:
+    """Random but locally smooth pixels (so compression and resizing have something to do);
+    with ``classes``, a class map of ids 0..classes-1 in patches."""
     coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, bands)).astype(np.float64)
     up = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width]
+    if classes:
+        return (up * classes // 256).astype(dtype)
     image = (up + rng.normal(0, 12, up.shape)).clip(0, 255)
     if dtype == "uint16":
         return (image * 257).astype(np.uint16)
+    if dtype == "int16":
+        return ((image - 128) * 100).astype(np.int16)
+    if dtype == "float32":
+        return (image / 255).astype(np.float32)
     return image.astype(np.uint8)
 
 
 def make_dataset(root, *, layout: str = "tiled", regions: int = 2, size=(96, 112), bands: int = 3,
-                 dtype: str = "uint8", tiles_per_region: int = 7, years=YEARS, seed: int = 0) -> Dataset:
-    """Region images per year, and tiles of varied sizes at random places, in long format."""
+                 dtype: str = "uint8", tiles_per_region: int = 7, years=YEARS, seed: int = 0,
+                 planar: bool = False, classes: int = 0, extratags=()) -> Dataset:
+    """Region images per year, and tiles of varied sizes at random places, in long format.
+    ``planar`` writes bands planar-separate; ``classes`` writes class maps of that many ids."""
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(str(root), "Images")
     images = {}
@@ -62,12 +72,18 @@ def make_dataset(root, *, layout: str = "tiled", regions: int = 2, size=(96, 112
     for r in range(regions):
         region_id = 10 + r
         for year in years:
-            image = smooth_image(rng, size[0], size[1], bands, dtype)
+            image = smooth_image(rng, size[0], size[1], bands, dtype, classes)
             images[year, region_id] = image
             os.makedirs(os.path.join(image_dir, str(year)), exist_ok=True)
-            data = image if bands > 1 else image[..., 0]
+            if bands == 1:
+                data, options = image[..., 0], {"photometric": "minisblack"}
+            elif planar:
+                data, options = np.moveaxis(image, -1, 0), {"photometric": "minisblack", "planarconfig": "separate"}
+            else:
+                data = image
+                options = {"photometric": "rgb" if bands == 3 else "minisblack", "planarconfig": "contig"}
             tifffile.imwrite(os.path.join(image_dir, str(year), f"{region_id}.tif"), data,
-                             photometric="rgb" if bands == 3 else "minisblack", **LAYOUTS[layout])
+                             extratags=list(extratags), **options, **LAYOUTS[layout])
         for _ in range(tiles_per_region):
             w, h = rng.integers(9, 50), rng.integers(9, 50)
             x0, y0 = rng.integers(0, size[1] - w + 1), rng.integers(0, size[0] - h + 1)
@@ -114,6 +130,21 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma, rounded as PIL's "L" conversion does."""
     value = rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114
     return ((value + 500) // 1000).astype(rgb.dtype)[..., None]
+
+
+def nearest_resize(image: np.ndarray, dim) -> np.ndarray:
+    """(h, w, C) -> (H, W, C) by nearest neighbour: output pixel o takes input floor((o + 0.5) * h / H)."""
+    rows = np.minimum(((np.arange(dim[0]) + 0.5) * image.shape[0] / dim[0]).astype(int), image.shape[0] - 1)
+    cols = np.minimum(((np.arange(dim[1]) + 0.5) * image.shape[1] / dim[1]).astype(int), image.shape[1] - 1)
+    return image[rows][:, cols]
+
+
+def tile_crops(ds: Dataset, tile_id, years) -> list[np.ndarray]:
+    """The tile's (h, w, bands) crop of each year, by numpy slicing of the pixels as written."""
+    rows = ds.table[(ds.table.tile_id == tile_id) & (ds.table.label_id == years[-1])]
+    xmin, ymin, xmax, ymax = (int(v) for v in rows.region_coordinates.iloc[0].strip("()").split(","))
+    region = int(rows.region_id.iloc[0])
+    return [ds.images[year, region][ymin:ymax, xmin:xmax] for year in years]
 
 
 def reference_sequence(ds: Dataset, tile_id, years, dim, *, n_channels=3, scale=1 / 255) -> np.ndarray:

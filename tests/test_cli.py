@@ -123,3 +123,30 @@ def test_every_subcommand_has_help():
     for command in ("synth", "check", "show", "train", "demo", "bench"):
         result = dalidw(command, "--help")
         assert result.returncode == 0 and "usage: dalidw " + command in result.stdout
+
+
+@pytest.mark.parametrize("kind, extra, check_args, band_count, dtype", [
+    ("label", [], ["--num-classes", 9], 1, "uint8"),
+    ("probability", [], ["--bands", "6,0,1"], 9, "float32"),
+    ("sentinel", ["--bands", 6, "--planar"], ["--bands", "3,2,1", "--scale", 10000], 6, "uint16"),
+])
+def test_synth_writes_real_data_kinds_that_check_accepts(tmp_path, kind, extra, check_args, band_count, dtype):
+    import numpy as np
+    import tifffile
+
+    out = tmp_path / kind
+    result = dalidw("synth", out, "--kind", kind, "--regions", 1, "--size", "64x96", "--tile", "32x32",
+                    "--labels", "2016..2017", *extra)
+    assert result.returncode == 0, result.stderr
+    with tifffile.TiffFile(out / "Images" / "2017" / "1000.tif") as tif:
+        page = tif.pages.first
+        pixels = page.asarray()
+        assert page.samplesperpixel == band_count and pixels.dtype == dtype
+        assert 33550 in page.tags and 33922 in page.tags, "GeoTIFF tags as in exports"
+    if kind == "label":
+        assert pixels.max() <= 8 and 6 in pixels, "Dynamic World class ids, built-up (6) included"
+    if kind == "probability":
+        np.testing.assert_allclose(pixels.sum(axis=-1), 1.0, atol=1e-5)
+    result = dalidw("check", out / "tiles.csv", out / "Images", "--labels", "2016..2017", "--decode", *check_args)
+    assert result.returncode == 0, result.stderr
+    assert "no problems found" in result.stdout

@@ -60,3 +60,26 @@ def test_model_fit_trains_a_tiny_convlstm(dataset):
     assert len(history.history["loss"]) == 2
     assert all(np.isfinite(history.history["loss"]))
     assert model.predict(ld[0][0], verbose=0).shape == (5, 1)
+
+
+@pytest.mark.parametrize("n_bands, dtype, options", [
+    (5, "uint16", {"bands": [4, 0], "scale": 10000, "mean": [0.1, 0.2], "std": [2.0, 0.5], "augment": True}),
+    (9, "float32", {"bands": [8, 1, 2], "augment": "rot90"}),
+    (1, "uint8", {"num_classes": 6, "augment": "flip", "target": "last-image"}),
+])
+def test_dataset_equals_loader_batches_for_real_data_options(tmp_path, n_bands, dtype, options):
+    from .conftest import make_dataset
+
+    ds = make_dataset(tmp_path, bands=n_bands, dtype=dtype, classes=6 if "num_classes" in options else 0)
+    ld = loader(ds, dim=(16, 16), **options)
+    batches = len(ld)
+    got = list(ld.dataset().take(2 * batches).as_numpy_iterator())
+    channels = options.get("num_classes") or len(options.get("bands", [0]))
+    for epoch in range(2):
+        for i in range(batches):
+            x, y = got[epoch * batches + i]
+            ex, ey = ld[i]
+            assert x.shape[-1] == channels
+            np.testing.assert_array_equal(x, ex)
+            np.testing.assert_array_equal(y, ey)
+        ld.on_epoch_end()
