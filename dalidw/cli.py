@@ -180,7 +180,8 @@ def cmd_train(args) -> int:
 
     data = _read_csv(args.csv)
     result = train(data, args.image_dir, args.labels, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                   dim=args.dim, device=args.device, seed=args.seed, **channel_options(args))
+                   dim=args.dim, device=args.device, seed=args.seed, strategy=args.strategy,
+                   **channel_options(args))
     _report_training(result, args.out)
     return 0
 
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="dalidw-train")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker"],
+                   help="tf.distribute: mirrored (this machine's GPUs), multiworker (machines in TF_CONFIG); "
+                        "--batch-size is then the global batch")
     channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_train)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from .decode import RegionDecoder
 from .devices import resolve_device
 from .index import LAST_IMAGE, build_table
 from .normalize import affine
-from .order import batch_count, batch_positions, epoch_order
+from .order import batch_positions, epoch_order, shard_batch_sizes
 from .pipeline import FRAMES, TARGET, GraphSpec, build_pipeline
 from .regions import FrameSource, RegionCache
 from .validate import check_images
@@ -37,6 +38,13 @@ def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any) -> tuple[in
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
     return int(dim[0]), int(dim[1])
+
+
+def _check_shard(shard_id: Any, num_shards: Any) -> tuple[int, int]:
+    ints = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (shard_id, num_shards))
+    if not ints or num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"Expected 0 <= shard_id < num_shards. Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
+    return int(shard_id), int(num_shards)
 
 
 def _interpolation(interpolation: Any, num_classes: int | None) -> str:
@@ -85,6 +93,9 @@ class SequenceDataLoader:
         mean, std: per channel (or one for all), standardize as (value - mean) / std after scaling.
         augment: True (random flips and quarter turns), "flip", "rot90" or a list of those; one
             transform drawn per sample from (random_seed, epoch), the same for all its frames.
+        shard_id, num_shards: this loader sees shard ``shard_id`` of ``num_shards`` of every epoch:
+            every ``num_shards``-th tile of the epoch order. Over all shards every tile appears
+            once per epoch, and all shards have the same number of batches.
 
     Raises:
         DataError: the table or the images have problems (all of them are listed).
@@ -119,8 +130,11 @@ class SequenceDataLoader:
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
         augment: bool | str | Sequence[str] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
     ):
         self.dim = _check_options(labels, dim, batch_size)
+        self.shard_id, self.num_shards = _check_shard(shard_id, num_shards)
         self.channels = ChannelSpec.from_options(n_channels, bands, num_classes)
         self.interpolation = _interpolation(interpolation, self.channels.num_classes)
         if self.channels.num_classes and (scale is not None or mean is not None or std is not None):
@@ -151,6 +165,8 @@ class SequenceDataLoader:
                                 slow_path=self.images.slow_path)
         decoder.warn_slow_path(list(self.images.slow_path))
         self._frames = FrameSource(self.table, self.images, decoder, RegionCache(cache_bytes), self.channels)
+        self._batch_sizes = shard_batch_sizes(self.n_tiles, self.batch_size, shard_id=self.shard_id,
+                                              num_shards=self.num_shards)
         self.epoch = 0
         self._numpy_pipe = None
         self._numpy_lock = threading.Lock()
@@ -163,8 +179,13 @@ class SequenceDataLoader:
         return len(self.table)
 
     def __len__(self) -> int:
-        """Batches per epoch: ceil(n_tiles / batch_size)."""
-        return batch_count(self.n_tiles, self.batch_size)
+        """Batches per epoch: ceil(n_tiles / batch_size), or with shards ceil(ceil(n_tiles / num_shards) / batch_size)."""
+        return len(self._batch_sizes)
+
+    @property
+    def batch_sizes(self) -> np.ndarray:
+        """Tiles in each batch of an epoch (the same every epoch)."""
+        return self._batch_sizes.copy()
 
     def _order(self, epoch: int) -> np.ndarray:
         order = self._orders.get(epoch)
@@ -180,7 +201,8 @@ class SequenceDataLoader:
             raise TypeError(f"batch index must be an int, got {type(index).__name__}")
         if index < 0:
             index += len(self)
-        return batch_positions(self._order(epoch), int(index), self.batch_size)
+        return batch_positions(self._order(epoch), int(index), self.batch_size, shard_id=self.shard_id,
+                               num_shards=self.num_shards)
 
     def _codes(self, epoch: int, positions: np.ndarray) -> np.ndarray | None:
         """The augmentation transform of each tile at ``positions`` in ``epoch``, or None."""
@@ -294,3 +316,51 @@ class SequenceDataLoader:
         from .tf import make_dataset
 
         return make_dataset(self, start_epoch=start_epoch)
+
+    # -- several replicas ------------------------------------------------------------------------
+    def shard(self, shard_id: int, num_shards: int, *, batch_size: int | None = None,
+              device: str | None = None) -> SequenceDataLoader:
+        """A loader of one shard of this loader's tiles, sharing its checked table, images and
+        region cache (no file is read again). It starts at epoch 0 with the same seed, so all
+        shards agree on every epoch's order.
+
+        Args:
+            shard_id, num_shards: which shard, of how many.
+            batch_size: tiles per batch of the shard (default: this loader's).
+            device: where the shard's DALI graph runs (default: this loader's device).
+        """
+        if self.num_shards != 1:
+            raise ValueError("shard() splits an unsharded loader; this one is already shard "
+                             f"{self.shard_id} of {self.num_shards}")
+        part = copy.copy(self)
+        part.shard_id, part.num_shards = _check_shard(shard_id, num_shards)
+        if batch_size is not None:
+            _check_options(self.labels, self.dim, batch_size)
+            part.batch_size = int(batch_size)
+        if device is not None:
+            part.device, part.device_id = resolve_device(device)
+        part.epoch = 0
+        part._numpy_pipe = None
+        part._numpy_lock = threading.Lock()
+        part._orders = {}
+        part._batch_sizes = shard_batch_sizes(self.n_tiles, part.batch_size, shard_id=part.shard_id,
+                                              num_shards=part.num_shards)
+        return part
+
+    def distributed_dataset(self, strategy, *, start_epoch: int = 0):
+        """The dataset for ``model.fit`` under a ``tf.distribute`` strategy: one DALI pipeline per
+        input pipeline, each on its own shard, with ``batch_size`` as the global batch.
+
+        MirroredStrategy: one pipeline per replica, placed on the replica's device (its GPU, or
+        the CPU). MultiWorkerMirroredStrategy: one pipeline per worker, on the worker's shard;
+        each worker must hold one replica. Give ``model.fit`` ``steps_per_epoch=len(...)`` of a
+        shard, :meth:`steps_per_epoch`.
+        """
+        from .tf import distribute
+
+        return distribute(self, strategy, start_epoch=start_epoch)
+
+    def steps_per_epoch(self, strategy) -> int:
+        """Steps of one epoch under ``strategy``: the batches of each replica's shard."""
+        replicas = int(strategy.num_replicas_in_sync)
+        return len(shard_batch_sizes(self.n_tiles, max(1, self.batch_size // replicas), num_shards=replicas))

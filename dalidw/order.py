@@ -1,4 +1,4 @@
-"""The order of tiles: epoch permutations and batches, pure functions of (seed, epoch)."""
+"""The order of tiles: epoch permutations, shards and batches, pure functions of (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,42 @@ def batch_count(n_tiles: int, batch_size: int) -> int:
     return -(-n_tiles // batch_size)
 
 
-def batch_positions(order: np.ndarray, batch: int, batch_size: int) -> np.ndarray:
-    """The tile positions of batch ``batch`` of an epoch whose order is ``order``.
+def shard_batch_sizes(n_tiles: int, batch_size: int, *, shard_id: int = 0, num_shards: int = 1) -> np.ndarray:
+    """Tiles in each batch of one shard's epoch.
+
+    Shard ``shard_id`` holds every ``num_shards``-th tile of the epoch order, so shard sizes differ
+    by at most one tile. Every shard has the same number of batches, ceil(ceil(n / shards) / batch),
+    so replicas step in lockstep: full batches, then a partial last one. A shard one tile short of
+    the largest, whose last batch would be empty, ends with batches of ``batch_size - 1`` and 1 instead.
+    With one shard this is ceil(n / batch) batches with only the last one partial.
 
     Raises:
-        IndexError: the batch is outside ``[0, batch_count)``.
+        ValueError: fewer tiles than shards, or ``batch_size=1`` with unequal shards.
     """
-    count = batch_count(len(order), batch_size)
-    if not 0 <= batch < count:
-        raise IndexError(f"batch index {batch} is out of range for {count} batches per epoch")
-    return order[batch * batch_size : (batch + 1) * batch_size]
+    if n_tiles < num_shards:
+        raise ValueError(f"{n_tiles} tiles cannot be split over {num_shards} shards: every shard needs a tile")
+    size = n_tiles // num_shards + (1 if shard_id < n_tiles % num_shards else 0)
+    count = batch_count(-(-n_tiles // num_shards), batch_size)
+    sizes = np.full(count, batch_size, dtype=np.int64)
+    sizes[-1] = size - (count - 1) * batch_size
+    if sizes[-1] == 0:
+        if batch_size == 1:
+            raise ValueError(f"batch_size=1 cannot split {n_tiles} tiles over {num_shards} shards so that every shard "
+                             "runs the same number of steps; use a batch size of 2 or more")
+        sizes[-2] -= 1
+        sizes[-1] = 1
+    return sizes
+
+
+def batch_positions(order: np.ndarray, batch: int, batch_size: int, *, shard_id: int = 0,
+                    num_shards: int = 1) -> np.ndarray:
+    """The tile positions of batch ``batch`` of shard ``shard_id`` of an epoch whose order is ``order``.
+
+    Raises:
+        IndexError: the batch is outside ``[0, batch count)``.
+    """
+    sizes = shard_batch_sizes(len(order), batch_size, shard_id=shard_id, num_shards=num_shards)
+    if not 0 <= batch < len(sizes):
+        raise IndexError(f"batch index {batch} is out of range for {len(sizes)} batches per epoch")
+    start = int(sizes[:batch].sum())
+    return order[shard_id::num_shards][start : start + int(sizes[batch])]

@@ -41,8 +41,11 @@ def import_plugin():
     return tf, dali_tf
 
 
-def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0):
-    """The repeating (x, y) dataset of ``loader``, starting at epoch ``start_epoch``."""
+def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0, placement: str | None = None):
+    """The repeating (x, y) dataset of ``loader``, starting at epoch ``start_epoch``.
+
+    ``placement`` is the TensorFlow device of the DALI dataset (default: the loader's GPU, or /cpu:0).
+    """
     tf, dali_tf = import_plugin()
     spec = loader._spec()
     batch = spec.batch_size
@@ -51,7 +54,7 @@ def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0):
     height, width = spec.dim
     in_dtype = tf.as_dtype(spec.input_dtype)
 
-    device = "/gpu:%d" % spec.device_id if spec.device == "gpu" else "/cpu:0"
+    device = placement or (f"/gpu:{spec.device_id}" if spec.device == "gpu" else "/cpu:0")
     inputs = {}
     with tf.device("/cpu:0"):
         frames_ds = tf.data.Dataset.from_generator(
@@ -86,7 +89,7 @@ def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0):
             num_threads=spec.num_threads,
         )
         dataset = _shape_targets(tf, dataset, loader)
-        dataset = _trim_last_batch(tf, dataset, len(loader), loader.n_tiles - (len(loader) - 1) * batch, batch)
+        dataset = _trim_batches(tf, dataset, loader.batch_sizes, batch)
     return dataset
 
 
@@ -96,14 +99,65 @@ def _shape_targets(tf, dataset, loader: SequenceDataLoader):
     return dataset.map(lambda x, y: (x, tf.reshape(y, [-1])))
 
 
-def _trim_last_batch(tf, dataset, batches: int, last: int, batch: int):
-    """Cut the padding off the last batch of every epoch; full batches pass untouched."""
-    if last == batch:
+def _trim_batches(tf, dataset, sizes, batch: int):
+    """Cut the padding off the partial batches of every epoch (``sizes``: tiles per batch of an
+    epoch); full batches pass untouched."""
+    if all(int(v) == batch for v in sizes):
         return dataset
+    table = tf.constant([int(v) for v in sizes], dtype=tf.int64)
 
     def trim(step, xy):
         x, y = xy
-        size = tf.where(step % batches == batches - 1, last, batch)
+        size = table[step % len(sizes)]
         return tf.cond(size < batch, lambda: (x[:size], y[:size]), lambda: (x, y))
 
     return dataset.enumerate().map(trim)
+
+
+def _replica_device(tf, device: str) -> tuple[str, str]:
+    """A replica's TensorFlow device name -> (dalidw device, TensorFlow placement)."""
+    spec = tf.DeviceSpec.from_string(device)
+    kind = (spec.device_type or "CPU").upper()
+    index = spec.device_index or 0
+    if kind == "GPU":
+        return f"gpu:{index}", f"/device:GPU:{index}"
+    return "cpu", f"/device:CPU:{index}"
+
+
+def distribute(loader: SequenceDataLoader, strategy, *, start_epoch: int = 0):
+    """``loader.distributed_dataset(strategy)``: a distributed dataset of per-replica shards."""
+    tf, _ = import_plugin()
+    replicas = int(strategy.num_replicas_in_sync)
+    if loader.num_shards != 1:
+        raise ValueError("distributed_dataset() shards the loader itself: build it without shard_id/num_shards")
+    if loader.batch_size % replicas:
+        raise ValueError(f"batch_size={loader.batch_size} is the global batch: it must split evenly over "
+                         f"{replicas} replicas")
+    per_replica = loader.batch_size // replicas
+    devices = list(strategy.extended.worker_devices)
+
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        def replica_dataset(context):
+            device, placement = _replica_device(tf, devices[context.input_pipeline_id])
+            part = loader.shard(context.input_pipeline_id, context.num_input_pipelines,
+                                batch_size=context.get_per_replica_batch_size(loader.batch_size), device=device)
+            with tf.device(placement):
+                return make_dataset(part, start_epoch=start_epoch, placement=placement)
+
+        options = tf.distribute.InputOptions(
+            experimental_place_dataset_on_device=True,
+            experimental_fetch_to_device=False,
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+        return strategy.distribute_datasets_from_function(replica_dataset, options)
+
+    if len(devices) != 1:
+        raise ValueError(f"{type(strategy).__name__} with {len(devices)} replicas in this worker: dalidw runs one "
+                         "pipeline per worker, so each worker must hold one replica (one GPU per process)")
+
+    def worker_dataset(context):
+        device, placement = _replica_device(tf, devices[0])
+        part = loader.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
+                            device=device)
+        return make_dataset(part, start_epoch=start_epoch)
+
+    return strategy.distribute_datasets_from_function(worker_dataset)

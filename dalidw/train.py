@@ -53,11 +53,59 @@ def build_model(frames: int, dim: tuple[int, int], channels: int, filters: int =
     ], name="convlstm_regressor")
 
 
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def make_strategy(name: str):
+    """None, or the ``tf.distribute`` strategy: "mirrored" (the GPUs of this machine, or its CPU),
+    "multiworker" (the cluster that TF_CONFIG describes)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"Expected `strategy` to be one of {list(STRATEGIES)}. Received: {name!r}")
+    if name == "none":
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if not os.environ.get("TF_CONFIG"):
+        raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's index)")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def distributed_steps(model, strategy, iterator, steps: int) -> list[float]:
+    """Run ``steps`` training steps of a compiled ``model`` under ``strategy`` on batches from
+    ``iterator`` (of ``loader.distributed_dataset``); returns the mean loss of each step.
+
+    A custom loop, for MultiWorkerMirroredStrategy, under which Keras 3's ``model.fit`` fails.
+    """
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.MeanSquaredError(reduction="none")
+    replicas = strategy.num_replicas_in_sync
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            per_sample = loss_fn(tf.reshape(y, [-1, 1]), pred)
+            loss = tf.reduce_sum(per_sample) / tf.cast(tf.shape(per_sample)[0] * replicas, tf.float32)
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(batch):
+        per_replica = strategy.run(step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return [float(train_step(next(iterator))) for _ in range(steps)]
+
+
 def predict(model, loader: SequenceDataLoader) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, targets) over one epoch of ``loader``, float32 (N,)."""
     preds, targets = [], []
     for x, y in loader:
-        preds.append(model.predict_on_batch(x).reshape(-1))
+        preds.append(np.asarray(model(x, training=False)).reshape(-1))
         targets.append(y.reshape(-1))
     return np.concatenate(preds), np.concatenate(targets)
 
@@ -95,13 +143,20 @@ def train(
     device: str = "auto",
     seed: int = 0,
     verbose: int = 2,
+    strategy: str = "none",
     **loader_options: Any,
 ) -> TrainResult:
     """Train the ConvLSTM regressor and write model, log and curves to ``out_dir``.
 
-    ``loader_options`` go to both loaders (``bands``, ``num_classes``, ``scale``, ...)."""
+    ``loader_options`` go to both loaders (``bands``, ``num_classes``, ``scale``, ...).
+    ``strategy``: "none", "mirrored" or "multiworker" (see :func:`make_strategy`); then
+    ``batch_size`` is the global batch, split over the replicas.
+    """
     import keras
 
+    dist = make_strategy(strategy)
+    if dist is not None and dist.extended.should_checkpoint is False:
+        out_dir = os.path.join(out_dir, f"worker-{dist.cluster_resolver.task_id}")
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     train_df, val_df = split_by_region(data, seed=seed)
@@ -109,18 +164,25 @@ def train(
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
 
-    model = build_model(len(labels), dim, train_loader.n_channels)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse", metrics=["mae"])
+    scope = dist.scope() if dist is not None else _no_scope()
+    with scope:
+        model = build_model(len(labels), dim, train_loader.n_channels)
+        model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse", metrics=["mae"])
     model_path = os.path.join(out_dir, "model.keras")
     log_path = os.path.join(out_dir, "log.csv")
-    model.fit(
-        train_loader.dataset(), steps_per_epoch=len(train_loader), epochs=epochs,
-        validation_data=val_loader.dataset(), validation_steps=len(val_loader),
-        callbacks=[keras.callbacks.CSVLogger(log_path),
-                   keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoint.keras"))],
-        verbose=verbose,
-        shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
-    )
+    if isinstance(dist, _multiworker_type()):
+        _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
+    else:
+        data = train_loader.dataset() if dist is None else train_loader.distributed_dataset(dist)
+        steps = len(train_loader) if dist is None else train_loader.steps_per_epoch(dist)
+        model.fit(
+            data, steps_per_epoch=steps, epochs=epochs,
+            validation_data=val_loader.dataset(), validation_steps=len(val_loader),
+            callbacks=[keras.callbacks.CSVLogger(log_path),
+                       keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoint.keras"))],
+            verbose=verbose,
+            shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
+        )
     model.save(model_path)
     curves_path = os.path.join(out_dir, "loss.png")
     save_curves(log_path, curves_path)
@@ -133,3 +195,33 @@ def train(
         model_path=model_path, log_path=log_path, curves_path=curves_path,
         train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles,
     )
+
+
+class _no_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _multiworker_type():
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy
+
+
+def _fit_multiworker(model, strategy, train_loader: SequenceDataLoader, val_loader: SequenceDataLoader,
+                     epochs: int, log_path: str, verbose: int) -> None:
+    """Epochs of :func:`distributed_steps`, with the validation loss of each written to the CSV log."""
+    steps = train_loader.steps_per_epoch(strategy)
+    iterator = iter(train_loader.distributed_dataset(strategy))
+    rows = []
+    for epoch in range(epochs):
+        losses = distributed_steps(model, strategy, iterator, steps)
+        preds, targets = predict(model, val_loader)
+        rows.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                     "val_loss": float(np.mean((preds - targets) ** 2))})
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs}: loss {rows[-1]['loss']:.4f}, val_loss {rows[-1]['val_loss']:.4f}")
+    pd.DataFrame(rows).to_csv(log_path, index=False)

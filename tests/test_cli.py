@@ -150,3 +150,20 @@ def test_synth_writes_real_data_kinds_that_check_accepts(tmp_path, kind, extra, 
     result = dalidw("check", out / "tiles.csv", out / "Images", "--labels", "2016..2017", "--decode", *check_args)
     assert result.returncode == 0, result.stderr
     assert "no problems found" in result.stdout
+
+
+def test_train_with_the_mirrored_strategy(synth_dir, tmp_path):
+    result = dalidw("train", synth_dir / "tiles.csv", synth_dir / "Images", "--labels", "2016..2018",
+                    "--strategy", "mirrored", "--epochs", 1, "--batch-size", 8, "--dim", "16", "--device", "cpu",
+                    "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation MAE" in result.stdout and (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_train_multiworker_without_tf_config_says_so(synth_dir, tmp_path):
+    env_free = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    exe = shutil.which("dalidw") or os.path.join(os.path.dirname(sys.executable), "dalidw")
+    result = subprocess.run([exe, "train", str(synth_dir / "tiles.csv"), str(synth_dir / "Images"), "--labels",
+                             "2016..2018", "--strategy", "multiworker", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env_free, timeout=300)
+    assert result.returncode == 2 and "needs TF_CONFIG" in result.stderr

@@ -26,3 +26,19 @@ def test_gpu_dataset_equals_gpu_loader(dataset):
     got = list(ld.dataset().take(len(ld)).as_numpy_iterator())
     for i, (x, y) in enumerate(got):
         np.testing.assert_allclose(x, ld[i][0], atol=1e-6)
+
+
+@pytest.mark.parametrize("n_bands, dtype, options", [
+    (5, "uint16", {"bands": [4, 1, 0], "scale": 10000, "mean": 0.1, "std": 0.5}),
+    (9, "float32", {"bands": [0, 8]}),
+    (1, "uint8", {"num_classes": 6, "augment": True}),
+])
+def test_gpu_real_data_options_equal_cpu(tmp_path, n_bands, dtype, options):
+    from .conftest import make_dataset
+
+    ds = make_dataset(tmp_path, bands=n_bands, dtype=dtype, classes=6 if "num_classes" in options else 0)
+    kw = dict(dim=(16, 16), batch_size=4, random_seed=3, **options)
+    cpu = SequenceDataLoader(YEARS, ds.table, ds.image_dir, device="cpu", **kw)
+    gpu = SequenceDataLoader(YEARS, ds.table, ds.image_dir, device="gpu", **kw)
+    for i in range(len(cpu)):
+        np.testing.assert_allclose(gpu[i][0], cpu[i][0], atol=1e-5)
