@@ -232,7 +232,7 @@ class SequenceDataLoader:
         return GraphSpec(
             batch_size=self.batch_size, dim=self.dim, channels=self.channels.n_channels, frames=len(self.labels),
             input_dtype=self.images.dtype, gain=self._gain, offset=self._offset, interpolation=self.interpolation,
-            num_classes=self.channels.num_classes or 0, split_last=self.split_last,
+            num_classes=self.channels.num_classes or 0, split_last=self.split_last, antialias=self._shrinks(),
             target_size=0 if self.split_last else len(self.table.target_names),
             device=self.device, device_id=self.device_id, num_threads=self.num_threads)
 
@@ -293,15 +293,40 @@ class SequenceDataLoader:
             positions = np.concatenate([positions, np.repeat(positions[:1], self.batch_size - len(positions))])
         return positions
 
-    def _stream(self, kind: str, start_epoch: int) -> Iterator[np.ndarray]:
-        """Samples for the DALI input ``kind``, batch after batch, epoch after epoch, forever."""
+    def _shrinks(self) -> bool:
+        """Whether any frame is resized smaller than it is along some axis (antialiasing matters)."""
+        h_max, w_max = (int(v) for v in (self.table.boxes[:, 3:1:-1] - self.table.boxes[:, 1::-1]).max(axis=0))
+        if any(c & 1 for c in self._augment):
+            h_max = w_max = max(h_max, w_max)
+        return h_max > self.dim[0] or w_max > self.dim[1]
+
+    @property
+    def uniform_box(self) -> tuple[int, int] | None:
+        """(h, w) when every tile's box, augmented or not, has that one size; else None."""
+        sizes = np.unique(self.table.boxes[:, 2:] - self.table.boxes[:, :2], axis=0)
+        if len(sizes) != 1:
+            return None
+        w, h = (int(v) for v in sizes[0])
+        if h != w and any(c & 1 for c in self._augment):
+            return None  # quarter turns give (w, h) frames beside (h, w) ones
+        return h, w
+
+    def _stream(self, kind: str, start_epoch: int, *, dense: bool = False) -> Iterator[np.ndarray]:
+        """Inputs for the DALI input ``kind``, epoch after epoch, forever: sample after sample, or
+        with ``dense`` (all boxes of one size) one (B, ...) array per batch."""
         epoch = start_epoch
         while True:
             for index in range(len(self)):
                 positions = self._padded_positions(epoch, index)
                 if kind == FRAMES:
                     codes = self._codes(epoch, positions)
-                    yield from self._frames.frames(positions, range(len(self.labels)), codes)
+                    frames = self._frames.frames(positions, range(len(self.labels)), codes, dense=dense)
+                    if dense:
+                        yield frames
+                    else:
+                        yield from frames
+                elif dense:
+                    yield self.table.targets[positions]
                 else:
                     yield from self.table.targets[positions]
             epoch += 1

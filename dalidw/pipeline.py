@@ -38,6 +38,8 @@ class GraphSpec:
         device: "cpu" or "gpu".
         device_id: the GPU, or None on the CPU.
         num_threads: DALI's CPU threads.
+        antialias: filter when shrinking; False where no frame is ever shrunk, which gives the
+            same output faster.
     """
 
     batch_size: int
@@ -54,6 +56,7 @@ class GraphSpec:
     device: str
     device_id: int | None
     num_threads: int
+    antialias: bool = True
 
     @property
     def out_channels(self) -> int:
@@ -85,7 +88,7 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2):
                 x = fn.cast(x, dtype=types.FLOAT)
         else:
             x = fn.resize(frames, size=list(spec.dim), dtype=types.FLOAT, interp_type=types.INTERP_LINEAR,
-                          antialias=True)
+                          antialias=spec.antialias)
         if not spec.num_classes:
             x = _affine(x, spec.gain, spec.offset, types)
         if spec.split_last:

@@ -68,7 +68,7 @@ class FrameSource:
         self.decoded_images = 0
 
     def frames(self, positions: np.ndarray, labels: range | list[int],
-               codes: np.ndarray | None = None) -> list[np.ndarray]:
+               codes: np.ndarray | None = None, *, dense: bool = False) -> list[np.ndarray] | np.ndarray:
         """The frames of the tiles at ``positions``.
 
         Args:
@@ -79,15 +79,22 @@ class FrameSource:
 
         Returns:
             one array per tile, (F, h, w, C) with F = len(labels) and (h, w) its box size
-            (swapped by a quarter turn).
+            (swapped by a quarter turn); with ``dense``, where all of them have one shape, a
+            single (B, F, h, w, C) array instead.
         """
         labels = list(labels)
         boxes = self.table.boxes[positions]
         cols = self._region_cols[positions]
         codes = np.zeros(len(positions), dtype=np.int8) if codes is None else np.asarray(codes)
         channels = self.channels.n_channels
-        out = [np.empty((len(labels), *turned_shape(b[3] - b[1], b[2] - b[0], c), channels), dtype=self.decoder.dtype)
-               for b, c in zip(boxes, codes)]
+        shapes = [(len(labels), *turned_shape(b[3] - b[1], b[2] - b[0], c), channels) for b, c in zip(boxes, codes)]
+        if dense:
+            if len(set(shapes)) != 1:
+                raise ValueError(f"dense frames need one box shape; this batch has {sorted(set(shapes))}")
+            stack = np.empty((len(shapes), *shapes[0]), dtype=self.decoder.dtype)
+            out = list(stack)
+        else:
+            out = [np.empty(shape, dtype=self.decoder.dtype) for shape in shapes]
         wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for slot, col in enumerate(cols):
             for f, t in enumerate(labels):
@@ -111,7 +118,7 @@ class FrameSource:
                     image = self.channels.select(image, path)
                     self._cut(image, wanted[key], boxes, codes, out)
                     self.cache.put(key, image)
-        return out
+        return stack if dense else out
 
     @staticmethod
     def _cut(image: np.ndarray, uses: list[tuple[int, int]], boxes: np.ndarray, codes: np.ndarray,

@@ -56,15 +56,21 @@ def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0, placement:
 
     device = placement or (f"/gpu:{spec.device_id}" if spec.device == "gpu" else "/cpu:0")
     inputs = {}
+    box = loader.uniform_box
+    dense = box is not None
     with tf.device("/cpu:0"):
+        if dense:  # one array per batch: far less per-sample work in TensorFlow's generator
+            frame_spec = tf.TensorSpec((batch, frames, *box, spec.channels), in_dtype)
+            target_spec = tf.TensorSpec((batch, spec.target_size), tf.float32)
+        else:
+            frame_spec = tf.TensorSpec((frames, None, None, spec.channels), in_dtype)
+            target_spec = tf.TensorSpec((spec.target_size,), tf.float32)
         frames_ds = tf.data.Dataset.from_generator(
-            lambda: loader._stream(FRAMES, start_epoch),
-            output_signature=tf.TensorSpec((frames, None, None, spec.channels), in_dtype))
+            lambda: loader._stream(FRAMES, start_epoch, dense=dense), output_signature=frame_spec)
         inputs[FRAMES] = (frames_ds, "FHWC")
         if not spec.split_last:
             target_ds = tf.data.Dataset.from_generator(
-                lambda: loader._stream(TARGET, start_epoch),
-                output_signature=tf.TensorSpec((spec.target_size,), tf.float32))
+                lambda: loader._stream(TARGET, start_epoch, dense=dense), output_signature=target_spec)
             inputs[TARGET] = (target_ds, None)
 
     if spec.split_last:
@@ -77,7 +83,7 @@ def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0, placement:
         for name, (ds, layout) in inputs.items():
             if spec.device == "gpu":
                 ds = ds.apply(tf.data.experimental.copy_to_device(device))
-            input_datasets[name] = dali_tf.experimental.Input(ds, layout=layout, batch=False)
+            input_datasets[name] = dali_tf.experimental.Input(ds, layout=layout, batch=dense)
         pipe = build_pipeline(spec)
         dataset = dali_tf.experimental.DALIDatasetWithInputs(
             pipeline=pipe,

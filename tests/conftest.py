@@ -61,9 +61,10 @@ def smooth_image(rng: np.random.Generator, height: int, width: int, bands: int, 
 
 def make_dataset(root, *, layout: str = "tiled", regions: int = 2, size=(96, 112), bands: int = 3,
                  dtype: str = "uint8", tiles_per_region: int = 7, years=YEARS, seed: int = 0,
-                 planar: bool = False, classes: int = 0, extratags=()) -> Dataset:
+                 planar: bool = False, classes: int = 0, extratags=(), tile_size=None) -> Dataset:
     """Region images per year, and tiles of varied sizes at random places, in long format.
-    ``planar`` writes bands planar-separate; ``classes`` writes class maps of that many ids."""
+    ``planar`` writes bands planar-separate; ``classes`` writes class maps of that many ids;
+    ``tile_size`` = (h, w) gives every tile that size (a grid-like table)."""
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(str(root), "Images")
     images = {}
@@ -86,6 +87,8 @@ def make_dataset(root, *, layout: str = "tiled", regions: int = 2, size=(96, 112
                              extratags=list(extratags), **options, **LAYOUTS[layout])
         for _ in range(tiles_per_region):
             w, h = rng.integers(9, 50), rng.integers(9, 50)
+            if tile_size is not None:
+                h, w = tile_size
             x0, y0 = rng.integers(0, size[1] - w + 1), rng.integers(0, size[0] - h + 1)
             box = (int(x0), int(y0), int(x0 + w), int(y0 + h))
             targets = rng.uniform(0, 1, len(years))

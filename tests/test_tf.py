@@ -83,3 +83,27 @@ def test_dataset_equals_loader_batches_for_real_data_options(tmp_path, n_bands, 
             np.testing.assert_array_equal(x, ex)
             np.testing.assert_array_equal(y, ey)
         ld.on_epoch_end()
+
+
+@pytest.mark.parametrize("box, options", [
+    ((20, 30), {}),
+    ((20, 30), {"target": "last-image", "augment": "flip"}),
+    ((25, 25), {"augment": True, "target": ["target", "target2"], "dim": (16, 16)}),
+    ((20, 30), {"augment": True, "dim": (16, 16)}),  # quarter turns of 20x30 boxes: per-sample path
+])
+def test_uniform_boxes_take_whole_batches_and_give_the_same_data(tmp_path, box, options):
+    from .conftest import make_dataset
+
+    ds = make_dataset(tmp_path, tile_size=box, tiles_per_region=5)
+    ld = loader(ds, **{"dim": (16, 24), **options})
+    assert (ld.uniform_box is None) == (box[0] != box[1] and options.get("augment") is True)
+    batches = len(ld)
+    got = list(ld.dataset().take(2 * batches).as_numpy_iterator())
+    for epoch in range(2):
+        for i in range(batches):
+            x, y = got[epoch * batches + i]
+            ex, ey = ld[i]
+            assert x.shape == ex.shape and y.shape == ey.shape
+            np.testing.assert_array_equal(x, ex)
+            np.testing.assert_array_equal(y, ey)
+        ld.on_epoch_end()
