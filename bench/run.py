@@ -23,7 +23,10 @@ import numpy as np
 import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOADERS = ["seed-style", "tf.data", "dalidw-cpu", "dalidw-gpu", "floor"]
+LOADERS = ["seed-style", "tf.data", "dalidw-cpu", "dalidw-cpu-small-cache", "dalidw-cpu-locality", "dalidw-gpu",
+           "floor"]
+#: Region images the "small cache" variants may keep decoded: 2 regions' worth of the 7 years.
+SMALL_CACHE_REGIONS = 2
 MODES = {
     # regions, region size, batch size, warm-up batches, epochs measured, at most this many seconds each loader
     "quick": dict(regions=4, size=512, batch=64, warmup=1, epochs=2, max_seconds=8),
@@ -102,13 +105,13 @@ def tf_data(root: str, mode: dict):
     yield from ds.as_numpy_iterator()
 
 
-def dalidw_loader(root: str, mode: dict, device: str):
-    """dalidw with its defaults, through loader.dataset() as model.fit consumes it."""
+def dalidw_loader(root: str, mode: dict, device: str, **options):
+    """dalidw with its defaults (or ``options``), through loader.dataset() as model.fit consumes it."""
     from dalidw import SequenceDataLoader
 
     table = pd.read_csv(os.path.join(root, "tiles.csv"))
     loader = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), dim=DIM, batch_size=mode["batch"],
-                                device=device)
+                                device=device, **options)
     for x, y in loader.dataset():
         yield x, y
 
@@ -143,6 +146,11 @@ def floor(root: str, mode: dict):
             yield x.as_array(), y.as_array()
 
 
+def small_cache(mode: dict) -> int:
+    """A cache of SMALL_CACHE_REGIONS regions' images (all years), in bytes: less than the dataset."""
+    return SMALL_CACHE_REGIONS * len(YEARS) * mode["size"] * mode["size"] * 3
+
+
 def measure(name: str, root: str, mode: dict) -> dict:
     """Run one loader in this process; samples/s, CPU s per 1000 samples, peak RSS."""
     if name == "dalidw-gpu":
@@ -152,6 +160,9 @@ def measure(name: str, root: str, mode: dict) -> dict:
             return {"loader": name, "skipped": "no GPU that DALI sees"}
     makers = {"seed-style": seed_style, "tf.data": tf_data, "floor": floor,
               "dalidw-cpu": lambda r, m: dalidw_loader(r, m, "cpu"),
+              "dalidw-cpu-small-cache": lambda r, m: dalidw_loader(r, m, "cpu", cache_bytes=small_cache(m)),
+              "dalidw-cpu-locality": lambda r, m: dalidw_loader(r, m, "cpu", cache_bytes=small_cache(m),
+                                                                 locality="auto"),
               "dalidw-gpu": lambda r, m: dalidw_loader(r, m, "gpu")}
     batches = makers[name](root, mode)
     for _ in range(mode["warmup"]):
@@ -233,16 +244,17 @@ def main() -> int:
     by_name = {r["loader"]: r for r in results if "samples_per_s" in r}
     print(f"\ndalidw benchmark ({mode_name}): {mode['regions']} regions of {mode['size']}x{mode['size']} "
           f"{args.layout} TIFF, T={len(YEARS)}, {DIM[0]}x{DIM[1]}x3 float32, batch {mode['batch']}")
-    print(f"{'loader':<12} {'samples/s':>10} {'CPU s/1000':>11} {'peak MiB':>9} {'x seed':>7} {'x tf.data':>9}")
+    print(f"{'loader':<24} {'samples/s':>10} {'CPU s/1000':>11} {'peak MiB':>9} {'x seed':>7} {'x tf.data':>9}")
     for r in results:
         if "samples_per_s" not in r:
-            print(f"{r['loader']:<12} {r.get('skipped') or 'failed: ' + ' '.join(r.get('failed', []))}")
+            print(f"{r['loader']:<24} {r.get('skipped') or 'failed: ' + ' '.join(r.get('failed', []))}")
             continue
         ratio = lambda base: f"{r['samples_per_s'] / by_name[base]['samples_per_s']:.1f}" if base in by_name else "-"  # noqa: E731
-        print(f"{r['loader']:<12} {r['samples_per_s']:>10.0f} {r['cpu_s_per_1000']:>11.2f} {r['peak_rss_mib']:>9.0f} "
+        print(f"{r['loader']:<24} {r['samples_per_s']:>10.0f} {r['cpu_s_per_1000']:>11.2f} {r['peak_rss_mib']:>9.0f} "
               f"{ratio('seed-style'):>7} {ratio('tf.data'):>9}")
     os.makedirs(args.out, exist_ok=True)
-    report = {"mode": mode_name, "layout": args.layout, "settings": mode, "machine": machine(), "results": results,
+    report = {"mode": mode_name, "layout": args.layout, "settings": {**mode, "small_cache_bytes": small_cache(mode)},
+              "machine": machine(), "results": results,
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     json_path = os.path.join(args.out, f"{mode_name}-{args.layout}.json")
     with open(json_path, "w") as f:

@@ -17,7 +17,7 @@ from .decode import RegionDecoder
 from .devices import resolve_device
 from .index import LAST_IMAGE, build_table
 from .normalize import affine
-from .order import batch_positions, epoch_order, shard_batch_sizes
+from .order import batch_positions, epoch_order, local_order, shard_batch_sizes
 from .pipeline import FRAMES, TARGET, GraphSpec, build_pipeline
 from .regions import FrameSource, RegionCache
 from .validate import check_images
@@ -45,6 +45,16 @@ def _check_shard(shard_id: Any, num_shards: Any) -> tuple[int, int]:
     if not ints or num_shards < 1 or not 0 <= shard_id < num_shards:
         raise ValueError(f"Expected 0 <= shard_id < num_shards. Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
     return int(shard_id), int(num_shards)
+
+
+def _check_locality(locality: Any, shuffle: bool) -> None:
+    if locality is None:
+        return
+    if locality != "auto" and (isinstance(locality, bool) or not isinstance(locality, (int, np.integer)) or locality < 1):
+        raise ValueError(f"Expected `locality` to be a number of regions >= 1, 'auto' or None. "
+                         f"Received: locality={locality!r}")
+    if not shuffle:
+        raise ValueError("`locality` shapes the shuffle: it needs shuffle=True")
 
 
 def _interpolation(interpolation: Any, num_classes: int | None) -> str:
@@ -93,6 +103,10 @@ class SequenceDataLoader:
         mean, std: per channel (or one for all), standardize as (value - mean) / std after scaling.
         augment: True (random flips and quarter turns), "flip", "rot90" or a list of those; one
             transform drawn per sample from (random_seed, epoch), the same for all its frames.
+        locality: with ``shuffle``, shuffle regions, then the tiles within windows of this many
+            regions, so that a cache smaller than the dataset decodes each region image about once
+            per epoch. "auto": as many regions as ``cache_bytes`` holds; None (default): shuffle
+            all tiles together.
         shard_id, num_shards: this loader sees shard ``shard_id`` of ``num_shards`` of every epoch:
             every ``num_shards``-th tile of the epoch order. Over all shards every tile appears
             once per epoch, and all shards have the same number of batches.
@@ -130,6 +144,7 @@ class SequenceDataLoader:
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
         augment: bool | str | Sequence[str] | None = None,
+        locality: int | str | None = None,
         shard_id: int = 0,
         num_shards: int = 1,
     ):
@@ -140,6 +155,7 @@ class SequenceDataLoader:
         if self.channels.num_classes and (scale is not None or mean is not None or std is not None):
             raise ValueError("`num_classes` gives one-hot channels of 0 and 1: `scale`, `mean` and `std` do not apply")
         self._augment = parse_augment(augment, self.dim)
+        _check_locality(locality, bool(shuffle))
         self.labels = list(labels)
         self.batch_size = int(batch_size)
         self.n_channels = self.channels.out_channels
@@ -167,6 +183,7 @@ class SequenceDataLoader:
         self._frames = FrameSource(self.table, self.images, decoder, RegionCache(cache_bytes), self.channels)
         self._batch_sizes = shard_batch_sizes(self.n_tiles, self.batch_size, shard_id=self.shard_id,
                                               num_shards=self.num_shards)
+        self.locality = self._locality_window(locality, cache_bytes)
         self.epoch = 0
         self._numpy_pipe = None
         self._numpy_lock = threading.Lock()
@@ -187,10 +204,23 @@ class SequenceDataLoader:
         """Tiles in each batch of an epoch (the same every epoch)."""
         return self._batch_sizes.copy()
 
+    def _locality_window(self, locality: Any, cache_bytes: int) -> int | None:
+        """Regions per shuffle window, or None for a shuffle of all tiles."""
+        if locality is None:
+            return None
+        if locality == "auto":
+            per_region = (len(self.labels) * self.images.heights.max(axis=0).astype(np.int64)
+                          * self.images.widths.max(axis=0) * self.channels.n_channels * self.images.dtype.itemsize)
+            return max(1, int(cache_bytes // max(int(per_region.max()), 1)))
+        return int(locality)
+
     def _order(self, epoch: int) -> np.ndarray:
         order = self._orders.get(epoch)
         if order is None:
-            order = epoch_order(self.n_tiles, epoch, seed=self.random_seed, shuffle=self.shuffle)
+            if self.locality is not None:
+                order = local_order(self._frames._region_cols, self.locality, epoch, seed=self.random_seed)
+            else:
+                order = epoch_order(self.n_tiles, epoch, seed=self.random_seed, shuffle=self.shuffle)
             if len(self._orders) > 4:
                 self._orders.pop(next(iter(self._orders)))
             self._orders[epoch] = order

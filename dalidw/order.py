@@ -20,6 +20,27 @@ def epoch_order(n_tiles: int, epoch: int, *, seed: int | None, shuffle: bool) ->
     return rng.permutation(n_tiles).astype(np.int64)
 
 
+def local_order(groups: np.ndarray, window: int, epoch: int, *, seed: int) -> np.ndarray:
+    """A shuffle that keeps a bounded cache useful: a permutation of the groups (regions), cut into
+    windows of ``window`` groups; the tiles of each window are shuffled among themselves.
+
+    Args:
+        groups: int (n_tiles,) the group (region) of each tile.
+        window: groups per window (>= 1).
+
+    Returns:
+        tile positions 0..n_tiles-1, each once, a pure function of (seed, epoch).
+    """
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x10C])
+    names = np.unique(groups)
+    picked = names[rng.permutation(len(names))]
+    parts = []
+    for start in range(0, len(picked), window):
+        tiles = np.flatnonzero(np.isin(groups, picked[start : start + window]))
+        parts.append(tiles[rng.permutation(len(tiles))])
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
 def batch_count(n_tiles: int, batch_size: int) -> int:
     """Batches per epoch: ceil(n_tiles / batch_size); the last one may be partial."""
     return -(-n_tiles // batch_size)

@@ -196,3 +196,29 @@ def test_an_all_black_image_is_not_mistaken_for_a_broken_one(dataset):
     first_of_region_10 = [k for k, t in enumerate(ld.tile_ids(0))
                           if dataset.table[dataset.table.tile_id == t].region_id.iloc[0] == 10][0]
     assert not x[first_of_region_10, 0].any() and x[first_of_region_10, 1].any()
+
+
+def test_locality_decodes_each_image_once_per_epoch_with_a_cache_of_one_region(tmp_path):
+    ds = make_dataset(tmp_path, regions=4, tiles_per_region=10)
+    one_region = len(YEARS) * 96 * 112 * 3  # bytes of one region's images, uint8 RGB
+    options = {"batch_size": 8, "cache_bytes": one_region, "random_seed": 2}
+    local = loader(ds, locality="auto", **options)
+    spread = loader(ds, **options)
+    assert local.locality == 1
+    for ld in (local, spread):
+        ids = [t for i in range(len(ld)) for t in ld.tile_ids(i)]
+        assert sorted(ids) == sorted(ds.table.tile_id.unique())
+        for i in range(len(ld)):
+            ld[i]
+    assert local._frames.decoded_images == 4 * len(YEARS)
+    assert spread._frames.decoded_images > 2 * 4 * len(YEARS)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"locality": 0}, "Expected `locality` to be a number of regions >= 1"),
+    ({"locality": "near"}, "Expected `locality`"),
+    ({"locality": 2, "shuffle": False}, "needs shuffle=True"),
+])
+def test_bad_locality_is_named(dataset, kw, message):
+    with pytest.raises(ValueError, match=message):
+        loader(dataset, **kw)

@@ -44,3 +44,19 @@ def test_batches_cover_the_epoch_and_only_the_last_is_partial(n, b):
 def test_batch_index_out_of_range_is_an_index_error():
     with pytest.raises(IndexError, match="out of range for 4 batches"):
         batch_positions(np.arange(10), 4, 3)
+
+
+def test_a_local_shuffle_keeps_every_tile_once_and_windows_of_regions_together():
+    from dalidw.order import local_order
+
+    groups = np.repeat(np.arange(6), [5, 9, 1, 7, 4, 8])
+    for epoch in range(3):
+        order = local_order(groups, 2, epoch, seed=4)
+        assert sorted(order.tolist()) == list(range(len(groups)))
+        in_order = groups[order]
+        by_first_tile = sorted(range(6), key=lambda g: np.flatnonzero(in_order == g)[0])
+        for k in range(0, 6, 2):  # windows of 2 regions, one after the other
+            span = np.flatnonzero(np.isin(in_order, by_first_tile[k : k + 2]))
+            assert span[-1] - span[0] + 1 == len(span), f"window {k // 2} is not contiguous"
+    assert not np.array_equal(local_order(groups, 2, 0, seed=4), local_order(groups, 2, 1, seed=4))
+    np.testing.assert_array_equal(local_order(groups, 2, 1, seed=4), local_order(groups, 2, 1, seed=4))
