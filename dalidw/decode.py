@@ -92,10 +92,7 @@ class RegionDecoder:
                 size differs from its header.
         """
         results: dict[int, np.ndarray] = {}
-        fast = [i for i, p in enumerate(paths) if p not in self.slow_path and self._pipe is not None]
-        for i, path in enumerate(paths):
-            if self._pipe is None and path not in self.slow_path:
-                self.slow_path[path] = f"{self.dtype.name} samples"
+        fast = [i for i, p in enumerate(paths) if p not in self.slow_path] if self._pipe is not None else []
         for start in range(0, len(fast), self.max_batch):
             chunk = fast[start : start + self.max_batch]
             encoded = [_read_bytes(paths[i]) for i in chunk]
@@ -112,6 +109,7 @@ class RegionDecoder:
                 results[i] = image
         for i, path in enumerate(paths):
             if i not in results:
+                self.slow_path.setdefault(path, f"DALI does not decode {self.dtype.name} samples")
                 results[i] = read_with_tifffile(path)
         self.warn_slow_path(paths)
         out = []

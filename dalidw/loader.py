@@ -187,7 +187,7 @@ class SequenceDataLoader:
         self.epoch = 0
         self._numpy_pipe = None
         self._numpy_lock = threading.Lock()
-        self._orders: dict[int, np.ndarray] = {}
+        self._per_epoch: dict[tuple[str, int], np.ndarray | None] = {}
 
     # -- order -------------------------------------------------------------------------------
     @property
@@ -214,17 +214,22 @@ class SequenceDataLoader:
             return max(1, int(cache_bytes // max(int(per_region.max()), 1)))
         return int(locality)
 
+    def _memo(self, kind: str, epoch: int, make):
+        """``make()`` for (kind, epoch), kept for the last few epochs (the numpy path and the
+        TensorFlow input thread may be an epoch apart)."""
+        key = (kind, epoch)
+        if key not in self._per_epoch:
+            if len(self._per_epoch) > 8:
+                self._per_epoch.pop(next(iter(self._per_epoch)))
+            self._per_epoch[key] = make()
+        return self._per_epoch[key]
+
     def _order(self, epoch: int) -> np.ndarray:
-        order = self._orders.get(epoch)
-        if order is None:
-            if self.locality is not None:
-                order = local_order(self._frames._region_cols, self.locality, epoch, seed=self.random_seed)
-            else:
-                order = epoch_order(self.n_tiles, epoch, seed=self.random_seed, shuffle=self.shuffle)
-            if len(self._orders) > 4:
-                self._orders.pop(next(iter(self._orders)))
-            self._orders[epoch] = order
-        return order
+        if self.locality is not None:
+            return self._memo("order", epoch, lambda: local_order(self._frames._region_cols, self.locality, epoch,
+                                                                  seed=self.random_seed))
+        return self._memo("order", epoch, lambda: epoch_order(self.n_tiles, epoch, seed=self.random_seed,
+                                                              shuffle=self.shuffle))
 
     def _positions(self, index: int, epoch: int) -> np.ndarray:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -236,7 +241,7 @@ class SequenceDataLoader:
 
     def _codes(self, epoch: int, positions: np.ndarray) -> np.ndarray | None:
         """The augmentation transform of each tile at ``positions`` in ``epoch``, or None."""
-        codes = draw_codes(self._augment, self.n_tiles, epoch, self.random_seed)
+        codes = self._memo("augment", epoch, lambda: draw_codes(self._augment, self.n_tiles, epoch, self.random_seed))
         return None if codes is None else codes[positions]
 
     @property
@@ -397,7 +402,7 @@ class SequenceDataLoader:
         part.epoch = 0
         part._numpy_pipe = None
         part._numpy_lock = threading.Lock()
-        part._orders = {}
+        part._per_epoch = {}
         part._batch_sizes = shard_batch_sizes(self.n_tiles, part.batch_size, shard_id=part.shard_id,
                                               num_shards=part.num_shards)
         return part

@@ -34,6 +34,7 @@ def main() -> int:
     import pandas as pd
 
     from dalidw import SequenceDataLoader
+    from dalidw.train import build_model
 
     table = pd.read_csv(os.path.join(data_dir, "tiles.csv"))
     table["target"] = table["tile_id"].astype(float)  # y tells which tile a replica saw
@@ -50,12 +51,7 @@ def main() -> int:
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((len(YEARS), 16, 16, 3)),
-            keras.layers.ConvLSTM2D(2, 3, padding="same"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(1),
-        ])
+        model = build_model(len(YEARS), (16, 16), 3, filters=2)
         model.compile(optimizer="adam", loss="mse")
     if mode == "mirrored":
         history = model.fit(loader.distributed_dataset(strategy), steps_per_epoch=steps, epochs=2, verbose=0)
