@@ -1,7 +1,8 @@
 """Throughput of dalidw against the loaders people use today, on one generated dataset.
 
 Each loader runs in its own process (so peak memory is its own), after a warm-up batch, over
-the same tiles, for two epochs or until its time cap, whichever comes first: samples/s, CPU seconds per 1000 samples, peak resident memory. Results go to
+the same tiles, for two epochs or until its time cap, whichever comes first: samples/s, CPU seconds
+per 1000 samples, peak resident memory. Results go to
 bench/results/<mode>.json and a PNG bar chart; the table is printed.
 
     python bench/run.py --quick     # under a minute on 2 cores
@@ -112,8 +113,7 @@ def dalidw_loader(root: str, mode: dict, device: str, **options):
     table = pd.read_csv(os.path.join(root, "tiles.csv"))
     loader = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), dim=DIM, batch_size=mode["batch"],
                                 device=device, **options)
-    for x, y in loader.dataset():
-        yield x, y
+    yield from loader.dataset()
 
 
 def floor(root: str, mode: dict):
@@ -139,7 +139,8 @@ def floor(root: str, mode: dict):
         images = dict(zip([(y, r) for y in YEARS for r in regions], decoder.decode(paths, shapes)))
         for start in range(0, len(order) - batch + 1, batch):
             part = tiles.iloc[order[start : start + batch]]
-            crops = [np.stack([images[y, r][b[1]:b[3], b[0]:b[2]] for y in YEARS]) for r, b in zip(part.region_id, part.box)]
+            crops = [np.stack([images[y, r][b[1]:b[3], b[0]:b[2]] for y in YEARS])
+                     for r, b in zip(part.region_id, part.box)]
             pipe.feed_input(FRAMES, crops)
             pipe.feed_input(TARGET, [np.array([v], np.float32) for v in part.target])
             x, y = pipe.run()
@@ -221,7 +222,8 @@ def main() -> int:
     args = parser.parse_args()
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]
-    root = args.data or os.path.join("/tmp" if os.path.isdir("/tmp") else ".", f"dalidw-bench-{mode_name}-{args.layout}")
+    scratch = "/tmp" if os.path.isdir("/tmp") else "."
+    root = args.data or os.path.join(scratch, f"dalidw-bench-{mode_name}-{args.layout}")
 
     if args.one:
         print(json.dumps(measure(args.one, root, mode)))
@@ -249,9 +251,10 @@ def main() -> int:
         if "samples_per_s" not in r:
             print(f"{r['loader']:<24} {r.get('skipped') or 'failed: ' + ' '.join(r.get('failed', []))}")
             continue
-        ratio = lambda base: f"{r['samples_per_s'] / by_name[base]['samples_per_s']:.1f}" if base in by_name else "-"  # noqa: E731
+        ratios = [f"{r['samples_per_s'] / by_name[base]['samples_per_s']:.1f}" if base in by_name else "-"
+                  for base in ("seed-style", "tf.data")]
         print(f"{r['loader']:<24} {r['samples_per_s']:>10.0f} {r['cpu_s_per_1000']:>11.2f} {r['peak_rss_mib']:>9.0f} "
-              f"{ratio('seed-style'):>7} {ratio('tf.data'):>9}")
+              f"{ratios[0]:>7} {ratios[1]:>9}")
     os.makedirs(args.out, exist_ok=True)
     report = {"mode": mode_name, "layout": args.layout, "settings": {**mode, "small_cache_bytes": small_cache(mode)},
               "machine": machine(), "results": results,

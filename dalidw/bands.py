@@ -43,7 +43,8 @@ class ChannelSpec:
         if bands is not None:
             if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or len(bands) == 0 \
                     or not all(_is_int(b) and b >= 0 for b in bands):
-                raise ValueError(f"Expected `bands` to be a non-empty list of band indices >= 0. Received: bands={bands!r}")
+                raise ValueError("Expected `bands` to be a non-empty list of band indices >= 0. "
+                                 f"Received: bands={bands!r}")
             bands = tuple(int(b) for b in bands)
             if n_channels is not None and n_channels != len(bands):
                 raise ValueError(f"`n_channels` follows `bands`: got n_channels={n_channels!r} with "
@@ -102,7 +103,8 @@ class ChannelSpec:
             low, high = int(out.min()), int(out.max())
             if low < 0 or high >= self.num_classes:
                 bad = high if high >= self.num_classes else low
-                raise DecodeError(path, f"holds class id {bad}, outside num_classes={self.num_classes} (0..{self.num_classes - 1})")
+                raise DecodeError(path, f"holds class id {bad}, outside num_classes={self.num_classes} "
+                                        f"(0..{self.num_classes - 1})")
         return out
 
 

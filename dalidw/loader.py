@@ -28,7 +28,8 @@ DEFAULT_CACHE_BYTES = 2 << 30
 
 def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any) -> tuple[int, int]:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
-        raise ValueError(f"Expected `labels` to be a non-empty list of labels (e.g. years). Received: labels={labels!r}")
+        raise ValueError("Expected `labels` to be a non-empty list of labels (e.g. years). "
+                         f"Received: labels={labels!r}")
     if len({str(v) for v in labels}) != len(labels):
         raise ValueError(f"Expected `labels` to hold each label once. Received: labels={list(labels)!r}")
     ok_dim = (isinstance(dim, (tuple, list)) and len(dim) == 2
@@ -43,14 +44,16 @@ def _check_options(labels: Sequence[Any], dim: Any, batch_size: Any) -> tuple[in
 def _check_shard(shard_id: Any, num_shards: Any) -> tuple[int, int]:
     ints = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (shard_id, num_shards))
     if not ints or num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise ValueError(f"Expected 0 <= shard_id < num_shards. Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
+        raise ValueError("Expected 0 <= shard_id < num_shards. "
+                         f"Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
     return int(shard_id), int(num_shards)
 
 
 def _check_locality(locality: Any, shuffle: bool) -> None:
     if locality is None:
         return
-    if locality != "auto" and (isinstance(locality, bool) or not isinstance(locality, (int, np.integer)) or locality < 1):
+    count = isinstance(locality, (int, np.integer)) and not isinstance(locality, bool) and locality >= 1
+    if locality != "auto" and not count:
         raise ValueError(f"Expected `locality` to be a number of regions >= 1, 'auto' or None. "
                          f"Received: locality={locality!r}")
     if not shuffle:
@@ -61,7 +64,8 @@ def _interpolation(interpolation: Any, num_classes: int | None) -> str:
     if interpolation is None:
         return "nearest" if num_classes else "linear"
     if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"Expected `interpolation` to be 'linear' or 'nearest'. Received: interpolation={interpolation!r}")
+        raise ValueError("Expected `interpolation` to be 'linear' or 'nearest'. "
+                         f"Received: interpolation={interpolation!r}")
     if num_classes and interpolation != "nearest":
         raise ValueError("`num_classes` one-hot encodes class ids, which only interpolation='nearest' keeps intact")
     return interpolation
@@ -196,7 +200,7 @@ class SequenceDataLoader:
         return len(self.table)
 
     def __len__(self) -> int:
-        """Batches per epoch: ceil(n_tiles / batch_size), or with shards ceil(ceil(n_tiles / num_shards) / batch_size)."""
+        """Batches per epoch: ceil(n_tiles / batch_size); with shards, ceil(ceil(n_tiles / num_shards) / batch_size)."""
         return len(self._batch_sizes)
 
     @property

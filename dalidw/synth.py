@@ -114,7 +114,8 @@ def render(classes: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np
     if spec.kind == "label":
         return classes[..., None].copy()
     if spec.kind == "probability":
-        logits = np.eye(len(PALETTE), dtype=np.float32)[classes] * 3 + rng.normal(0, 0.5, classes.shape + (len(PALETTE),))
+        noise = rng.normal(0, 0.5, (*classes.shape, len(PALETTE)))
+        logits = np.eye(len(PALETTE), dtype=np.float32)[classes] * 3 + noise
         odds = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return (odds / odds.sum(axis=-1, keepdims=True)).astype(np.float32)
     if spec.kind == "sentinel":

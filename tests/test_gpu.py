@@ -24,7 +24,7 @@ def test_gpu_batches_equal_cpu_batches(dataset):
 def test_gpu_dataset_equals_gpu_loader(dataset):
     ld = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="gpu", dim=(16, 16), batch_size=4)
     got = list(ld.dataset().take(len(ld)).as_numpy_iterator())
-    for i, (x, y) in enumerate(got):
+    for i, (x, _y) in enumerate(got):
         np.testing.assert_allclose(x, ld[i][0], atol=1e-6)
 
 

@@ -138,12 +138,14 @@ def test_last_image_predicts_the_last_frame_from_the_others(dataset):
 
 def test_a_tiff_that_fails_to_decode_names_its_path(dataset):
     path = os.path.join(dataset.image_dir, "2017", "10.tif")
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
     with tifffile.TiffFile(path) as tif:
         offsets = tif.pages.first.dataoffsets
     for offset in offsets:  # wreck every compressed tile, keep the header
         data[offset : offset + 64] = b"\xff" * 64
-    open(path, "wb").write(bytes(data))
+    with open(path, "wb") as f:
+        f.write(bytes(data))
     ld = loader(dataset, shuffle=False, batch_size=14)
     with pytest.raises(DecodeError, match=r"2017.10\.tif: cannot decode"):
         ld[0]

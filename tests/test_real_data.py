@@ -25,7 +25,8 @@ def loader(ds, **kw):
 
 def reference(ds, tile, dim, *, bands, divisor, mean=0.0, std=1.0):
     """float64 (T, H, W, C): crop, pick bands, resize (linear), divide, standardize."""
-    frames = [reference_resize(c[..., list(bands)].astype(np.float64), dim) / divisor for c in tile_crops(ds, tile, YEARS)]
+    crops = tile_crops(ds, tile, YEARS)
+    frames = [reference_resize(c[..., list(bands)].astype(np.float64), dim) / divisor for c in crops]
     return (np.stack(frames) - np.asarray(mean)) / np.asarray(std)
 
 
@@ -105,7 +106,8 @@ def test_one_hot_has_one_class_per_pixel_where_the_map_says(tmp_path):
 def test_class_ids_beyond_num_classes_name_the_file(tmp_path):
     ds = make_dataset(tmp_path, bands=1, classes=12, layout="raw")
     ld = loader(ds, n_channels=1, num_classes=9)
-    with pytest.raises(DecodeError, match=r"Images.\d{4}.1[01]\.tif: cannot decode \(holds class id \d+, outside num_classes=9"):
+    message = r"Images.\d{4}.1[01]\.tif: cannot decode \(holds class id \d+, outside num_classes=9"
+    with pytest.raises(DecodeError, match=message):
         ld[0]
 
 
