@@ -275,10 +275,15 @@ class SequenceDataLoader:
             target_size=0 if self.split_last else len(self.table.target_names),
             device=self.device, device_id=self.device_id, num_threads=self.num_threads)
 
-    def _inputs(self, positions: np.ndarray, codes: np.ndarray | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        frames = self._frames.frames(positions, range(len(self.labels)), codes)
-        targets = [] if self.split_last else list(self.table.targets[positions])
-        return frames, targets
+    def _inputs(self, positions: np.ndarray, codes: np.ndarray | None) -> tuple[Any, Any]:
+        """The DALI inputs of one batch: frames and targets, as one array each where all boxes
+        share one size, else as lists of per-sample arrays."""
+        dense = self.uniform_box is not None
+        frames = self._frames.frames(positions, range(len(self.labels)), codes, dense=dense)
+        if self.split_last:
+            return frames, None
+        targets = self.table.targets[positions]
+        return frames, (targets if dense else list(targets))
 
     def _shape_y(self, y: Any) -> Any:
         """DALI gives targets as (B, k); a single target column is (B,)."""
@@ -342,13 +347,15 @@ class SequenceDataLoader:
     @property
     def uniform_box(self) -> tuple[int, int] | None:
         """(h, w) when every tile's box, augmented or not, has that one size; else None."""
-        sizes = np.unique(self.table.boxes[:, 2:] - self.table.boxes[:, :2], axis=0)
-        if len(sizes) != 1:
-            return None
-        w, h = (int(v) for v in sizes[0])
-        if h != w and any(c & 1 for c in self._augment):
-            return None  # quarter turns give (w, h) frames beside (h, w) ones
-        return h, w
+        if not hasattr(self, "_uniform_box"):
+            sizes = np.unique(self.table.boxes[:, 2:] - self.table.boxes[:, :2], axis=0)
+            box = None
+            if len(sizes) == 1:
+                w, h = (int(v) for v in sizes[0])
+                turns = any(c & 1 for c in self._augment)
+                box = None if h != w and turns else (h, w)  # quarter turns give (w, h) frames too
+            self._uniform_box = box
+        return self._uniform_box
 
     def _stream(self, kind: str, start_epoch: int, *, dense: bool = False) -> Iterator[np.ndarray]:
         """Inputs for the DALI input ``kind``, epoch after epoch, forever: sample after sample, or

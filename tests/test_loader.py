@@ -224,3 +224,11 @@ def test_locality_decodes_each_image_once_per_epoch_with_a_cache_of_one_region(t
 def test_bad_locality_is_named(dataset, kw, message):
     with pytest.raises(ValueError, match=message):
         loader(dataset, **kw)
+
+
+def test_tiles_of_one_size_go_as_whole_batches_and_still_match_the_reference(tmp_path):
+    ds = make_dataset(tmp_path, tile_size=(30, 40), layout="deflate")
+    ld = loader(ds)
+    assert ld.uniform_box == (30, 40)
+    for index in range(len(ld)):
+        assert_batch_matches_reference(ds, ld, index)
