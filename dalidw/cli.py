@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; user mistakes print one message, no stack trace."""
+    import faulthandler
+
+    faulthandler.enable()  # a crash inside TensorFlow or DALI still says where Python was
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:

@@ -173,15 +173,22 @@ def train(
     if isinstance(dist, _multiworker_type()):
         _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
     else:
-        data = train_loader.dataset() if dist is None else train_loader.distributed_dataset(dist)
-        steps = len(train_loader) if dist is None else train_loader.steps_per_epoch(dist)
+        callbacks = [keras.callbacks.CSVLogger(log_path),
+                     keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoint.keras"))]
+        if dist is None:
+            data, steps = train_loader.dataset(), len(train_loader)
+            validation = {"validation_data": val_loader.dataset(), "validation_steps": len(val_loader)}
+        else:
+            # Under a strategy, Keras re-distributes a validation dataset every epoch, and dropping
+            # the previous iterator crashed the process about once in 40 runs here: validate on the
+            # numpy path instead, before the log and the checkpoint see the epoch's figures.
+            data, steps = train_loader.distributed_dataset(dist), train_loader.steps_per_epoch(dist)
+            validation = {}
+            callbacks.insert(0, _validation_callback(keras, model, val_loader))
         model.fit(
-            data, steps_per_epoch=steps, epochs=epochs,
-            validation_data=val_loader.dataset(), validation_steps=len(val_loader),
-            callbacks=[keras.callbacks.CSVLogger(log_path),
-                       keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoint.keras"))],
-            verbose=verbose,
+            data, steps_per_epoch=steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
             shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
+            **validation,
         )
     model.save(model_path)
     curves_path = os.path.join(out_dir, "loss.png")
@@ -195,6 +202,16 @@ def train(
         model_path=model_path, log_path=log_path, curves_path=curves_path,
         train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles,
     )
+
+
+def _validation_callback(keras, model, val_loader: SequenceDataLoader):
+    """A callback adding val_loss (MSE) and val_mae over one pass of ``val_loader`` to each epoch's logs."""
+    def on_epoch_end(epoch, logs):
+        preds, targets = predict(model, val_loader)
+        logs["val_loss"] = float(np.mean((preds - targets) ** 2))
+        logs["val_mae"] = float(np.mean(np.abs(preds - targets)))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 class _no_scope:

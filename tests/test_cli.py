@@ -158,6 +158,8 @@ def test_train_with_the_mirrored_strategy(synth_dir, tmp_path):
                     "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation MAE" in result.stdout and (tmp_path / "run" / "model.keras").is_file()
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert {"loss", "val_loss", "val_mae"} <= set(log.columns) and log.val_loss.notna().all()
 
 
 def test_train_multiworker_without_tf_config_says_so(synth_dir, tmp_path):
