@@ -86,7 +86,7 @@ def cmd_synth(args) -> int:
     spec = SynthSpec(regions=args.regions, height=args.size[0], width=args.size[1], tile=args.tile,
                      years=args.labels, layout=args.layout, seed=args.seed, kind=args.kind, bands=bands,
                      planar=args.planar)
-    table = write_dataset(args.out_dir, spec)
+    table = write_dataset(args.out_dir, spec, progress=True)
     print(f"wrote {table.tile_id.nunique()} tiles of {spec.regions} regions, {len(spec.years)} years, "
           f"to {args.out_dir} (tiles.csv, Images/)")
     return 0
@@ -104,8 +104,10 @@ def cmd_check(args) -> int:
     print(f"tiles: {loader.n_tiles}; regions: {len(loader.images.region_index)}; labels: {len(loader.labels)}; "
           f"images: {loader.images.paths.size} ({loader.images.dtype.name}, {loader.images.channels} band(s))")
     if args.decode:
-        for _ in loader:
-            pass
+        from tqdm.auto import tqdm
+
+        for index in tqdm(range(len(loader)), desc="dalidw: decoding", unit="batch", leave=False):
+            loader[index]
         print(f"decoded {loader._frames.decoded_images} images: all sound")
     if loader.slow_path:
         reasons = sorted(set(loader.slow_path.values()))

@@ -146,7 +146,7 @@ def _tiff_options(image: np.ndarray, spec: SynthSpec) -> dict:
     return options
 
 
-def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> pd.DataFrame:
+def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, progress: bool = False) -> pd.DataFrame:
     """Write ``out_dir/Images/{year}/{region_id}.tif`` and ``out_dir/tiles.csv``.
 
     Returns:
@@ -168,7 +168,10 @@ def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> 
         raise ValueError(f"Expected the tile {spec.tile} to fit in a {spec.height}x{spec.width} region")
     rows = []
     tile_id = 0
-    for r in range(spec.regions):
+    from tqdm.auto import tqdm
+
+    for r in tqdm(range(spec.regions), desc="dalidw: writing regions", unit="region", disable=not progress,
+                  leave=False):
         region_id = 1000 + r
         maps = land_cover(spec, r)
         rng = np.random.default_rng([spec.seed, r, 1])
