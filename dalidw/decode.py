@@ -50,6 +50,21 @@ class RegionDecoder:
         self.max_batch = max_batch
         self.num_threads = num_threads
         self.verify = verify
+        self.backend = "mixed" if device == "gpu" else "cpu"
+        try:
+            self._pipe = self._build()
+        except Exception as err:  # DALI raises several kinds when an operator cannot be set up
+            if self.backend != "mixed":
+                raise
+            self._to_cpu_backend(err)
+
+    def _to_cpu_backend(self, err: Exception) -> None:
+        """Decode with DALI's CPU backend from now on (the frames still go to the GPU afterwards)."""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        warnings.warn(f"dalidw: DALI's 'mixed' image decoder failed ({reason}); decoding regions with DALI's "
+                      "CPU decoder instead. Resizing and normalization still run on the GPU.", RuntimeWarning,
+                      stacklevel=3)
+        self.backend = "cpu"
         self._pipe = self._build()
 
     def _build(self):
@@ -58,7 +73,7 @@ class RegionDecoder:
         dali_dtype = {"uint8": types.UINT8, "uint16": types.UINT16, "float32": types.FLOAT}.get(self.dtype.name)
         if dali_dtype is None:
             return None  # DALI does not decode this sample type: every image takes the slow path
-        backend = "mixed" if self.device == "gpu" else "cpu"
+        backend = self.backend
 
         @pipeline_def(batch_size=self.max_batch, num_threads=self.num_threads, device_id=self.device_id,
                       prefetch_queue_depth=1, exec_dynamic=True)
@@ -73,7 +88,7 @@ class RegionDecoder:
     def _run(self, encoded: list[np.ndarray]) -> list[np.ndarray]:
         self._pipe.feed_input("encoded", encoded)
         (out,) = self._pipe.run()
-        if self.device == "gpu":
+        if self.backend == "mixed":
             out = out.as_cpu()
         return [np.array(out[i]) for i in range(len(encoded))]
 
@@ -98,8 +113,11 @@ class RegionDecoder:
             encoded = [_read_bytes(paths[i]) for i in chunk]
             try:
                 decoded = self._run(encoded)
-            except Exception:
-                self._pipe = self._build()
+            except Exception as err:
+                if self.backend == "mixed":  # try DALI's CPU decoder before any file takes the slow path
+                    self._to_cpu_backend(err)
+                else:
+                    self._pipe = self._build()
                 decoded = [self._decode_one(paths[i], e) for i, e in zip(chunk, encoded)]
             for i, image in zip(chunk, decoded):
                 if image is None:

@@ -229,3 +229,18 @@ def test_last_image_targets_get_the_transform_of_their_sequence(tmp_path):
     x1, y1 = loader(ds, augment=True, **options)[0]
     for k in range(len(x0)):
         assert matching_transforms(x0[k, 0], x1[k, 0]) == matching_transforms(y0[k], y1[k])
+
+
+def test_a_mixed_decoder_that_cannot_start_falls_back_to_dalis_cpu_decoder(tmp_path):
+    """Where the GPU decoder cannot be set up (here: no GPU at all), regions are still decoded by
+    DALI, on the CPU, with a warning, and give the same pixels."""
+    from dalidw.decode import RegionDecoder, read_with_tifffile
+
+    make_dataset(tmp_path, bands=4, dtype="uint16")
+    with pytest.warns(RuntimeWarning, match="'mixed' image decoder failed"):
+        decoder = RegionDecoder(dtype=np.uint16, device="gpu", device_id=None)
+    assert decoder.backend == "cpu"
+    paths = sorted(str(p) for p in tmp_path.glob("Images/*/*.tif"))
+    for path, image in zip(paths, decoder.decode(paths, [(96, 112)] * len(paths))):
+        np.testing.assert_array_equal(image, read_with_tifffile(path))
+    assert decoder.slow_path == {}
