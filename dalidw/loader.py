@@ -388,6 +388,13 @@ class SequenceDataLoader:
 
         return make_dataset(self, start_epoch=start_epoch)
 
+    def as_pydataset(self):
+        """This loader as a ``keras.utils.PyDataset`` (like the old ``keras.utils.Sequence``), for
+        ``model.fit(loader.as_pydataset(), epochs=E)``. Keras calls ``on_epoch_end`` after each epoch."""
+        from .keras_adapter import as_pydataset
+
+        return as_pydataset(self)
+
     # -- several replicas ------------------------------------------------------------------------
     def shard(self, shard_id: int, num_shards: int, *, batch_size: int | None = None,
               device: str | None = None) -> SequenceDataLoader:

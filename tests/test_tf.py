@@ -94,3 +94,21 @@ def test_uniform_boxes_take_whole_batches_and_give_the_same_data(tmp_path, box, 
     ld = loader(ds, **{"dim": (16, 24), **options})
     assert (ld.uniform_box is None) == (box[0] != box[1] and options.get("augment") is True)
     assert_dataset_matches_loader(ld)
+
+
+def test_as_pydataset_lets_keras_fit_run_the_numpy_path_epoch_after_epoch(dataset):
+    keras = pytest.importorskip("keras")
+    ld = loader(dataset, batch_size=5)
+    first_epoch = [list(ld.tile_ids(i)) for i in range(len(ld))]
+    data = ld.as_pydataset()
+    assert len(data) == len(ld)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((len(YEARS), 16, 24, 3)), keras.layers.ConvLSTM2D(2, 3, padding="same"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(data, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and all(np.isfinite(history.history["loss"]))
+    # Keras 3 calls on_epoch_end after each epoch, and once before the first
+    assert ld.epoch == 3
+    assert [list(ld.tile_ids(i)) for i in range(len(ld))] != first_epoch
+    np.testing.assert_array_equal(data[1][0], ld[1][0])
