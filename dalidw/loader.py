@@ -188,6 +188,7 @@ class SequenceDataLoader:
         self._batch_sizes = shard_batch_sizes(self.n_tiles, self.batch_size, shard_id=self.shard_id,
                                               num_shards=self.num_shards)
         self.locality = self._locality_window(locality, cache_bytes)
+        self._uniform_box, self._antialias = self._box_facts()
         self.epoch = 0
         self._numpy_pipe = None
         self._numpy_lock = threading.Lock()
@@ -271,7 +272,7 @@ class SequenceDataLoader:
         return GraphSpec(
             batch_size=self.batch_size, dim=self.dim, channels=self.channels.n_channels, frames=len(self.labels),
             input_dtype=self.images.dtype, gain=self._gain, offset=self._offset, interpolation=self.interpolation,
-            num_classes=self.channels.num_classes or 0, split_last=self.split_last, antialias=self._shrinks(),
+            num_classes=self.channels.num_classes or 0, split_last=self.split_last, antialias=self._antialias,
             target_size=0 if self.split_last else len(self.table.target_names),
             device=self.device, device_id=self.device_id, num_threads=self.num_threads)
 
@@ -337,24 +338,21 @@ class SequenceDataLoader:
             positions = np.concatenate([positions, np.repeat(positions[:1], self.batch_size - len(positions))])
         return positions
 
-    def _shrinks(self) -> bool:
-        """Whether any frame is resized smaller than it is along some axis (antialiasing matters)."""
-        h_max, w_max = (int(v) for v in (self.table.boxes[:, 3:1:-1] - self.table.boxes[:, 1::-1]).max(axis=0))
-        if any(c & 1 for c in self._augment):
+    def _box_facts(self) -> tuple[tuple[int, int] | None, bool]:
+        """(the one (h, w) of every frame, augmented or not, else None; whether any frame is
+        resized smaller than it is along some axis, where antialiasing matters)."""
+        sizes = np.unique(self.table.boxes[:, 3:1:-1] - self.table.boxes[:, 1::-1], axis=0)  # (h, w) rows
+        turns = any(c & 1 for c in self._augment)  # quarter turns give (w, h) frames too
+        h_max, w_max = (int(v) for v in sizes.max(axis=0))
+        if turns:
             h_max = w_max = max(h_max, w_max)
-        return h_max > self.dim[0] or w_max > self.dim[1]
+        h, w = (int(v) for v in sizes[0])
+        uniform = (h, w) if len(sizes) == 1 and (h == w or not turns) else None
+        return uniform, h_max > self.dim[0] or w_max > self.dim[1]
 
     @property
     def uniform_box(self) -> tuple[int, int] | None:
         """(h, w) when every tile's box, augmented or not, has that one size; else None."""
-        if not hasattr(self, "_uniform_box"):
-            sizes = np.unique(self.table.boxes[:, 2:] - self.table.boxes[:, :2], axis=0)
-            box = None
-            if len(sizes) == 1:
-                w, h = (int(v) for v in sizes[0])
-                turns = any(c & 1 for c in self._augment)
-                box = None if h != w and turns else (h, w)  # quarter turns give (w, h) frames too
-            self._uniform_box = box
         return self._uniform_box
 
     def _stream(self, kind: str, start_epoch: int, *, dense: bool = False) -> Iterator[np.ndarray]:
@@ -366,15 +364,13 @@ class SequenceDataLoader:
                 positions = self._padded_positions(epoch, index)
                 if kind == FRAMES:
                     codes = self._codes(epoch, positions)
-                    frames = self._frames.frames(positions, range(len(self.labels)), codes, dense=dense)
-                    if dense:
-                        yield frames
-                    else:
-                        yield from frames
-                elif dense:
-                    yield self.table.targets[positions]
+                    batch = self._frames.frames(positions, range(len(self.labels)), codes, dense=dense)
                 else:
-                    yield from self.table.targets[positions]
+                    batch = self.table.targets[positions]
+                if dense:
+                    yield batch
+                else:
+                    yield from batch
             epoch += 1
 
     def dataset(self, *, start_epoch: int = 0):

@@ -145,8 +145,8 @@ def distribute(loader: SequenceDataLoader, strategy, *, start_epoch: int = 0):
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         def replica_dataset(context):
             device, placement = _replica_device(tf, devices[context.input_pipeline_id])
-            part = loader.shard(context.input_pipeline_id, context.num_input_pipelines,
-                                batch_size=context.get_per_replica_batch_size(loader.batch_size), device=device)
+            part = loader.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
+                                device=device)
             with tf.device(placement):
                 return make_dataset(part, start_epoch=start_epoch, placement=placement)
 

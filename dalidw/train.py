@@ -3,6 +3,7 @@ urbanization rate. Validation is split by region, and compared with a mean basel
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,13 +165,13 @@ def train(
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
 
-    scope = dist.scope() if dist is not None else _no_scope()
+    scope = dist.scope() if dist is not None else contextlib.nullcontext()
     with scope:
         model = build_model(len(labels), dim, train_loader.n_channels)
         model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse", metrics=["mae"])
     model_path = os.path.join(out_dir, "model.keras")
     log_path = os.path.join(out_dir, "log.csv")
-    if isinstance(dist, _multiworker_type()):
+    if strategy == "multiworker":
         _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
     else:
         callbacks = [keras.callbacks.CSVLogger(log_path),
@@ -204,28 +205,16 @@ def train(
     )
 
 
+def _validation_metrics(model, val_loader: SequenceDataLoader) -> dict[str, float]:
+    """val_loss (MSE) and val_mae over one pass of ``val_loader``, on the numpy path."""
+    preds, targets = predict(model, val_loader)
+    return {"val_loss": float(np.mean((preds - targets) ** 2)), "val_mae": float(np.mean(np.abs(preds - targets)))}
+
+
 def _validation_callback(keras, model, val_loader: SequenceDataLoader):
-    """A callback adding val_loss (MSE) and val_mae over one pass of ``val_loader`` to each epoch's logs."""
-    def on_epoch_end(epoch, logs):
-        preds, targets = predict(model, val_loader)
-        logs["val_loss"] = float(np.mean((preds - targets) ** 2))
-        logs["val_mae"] = float(np.mean(np.abs(preds - targets)))
-
-    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
-
-
-class _no_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _multiworker_type():
-    import tensorflow as tf
-
-    return tf.distribute.MultiWorkerMirroredStrategy
+    """A callback adding :func:`_validation_metrics` to each epoch's logs."""
+    return keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: logs.update(_validation_metrics(model, val_loader)))
 
 
 def _fit_multiworker(model, strategy, train_loader: SequenceDataLoader, val_loader: SequenceDataLoader,
@@ -236,9 +225,7 @@ def _fit_multiworker(model, strategy, train_loader: SequenceDataLoader, val_load
     rows = []
     for epoch in range(epochs):
         losses = distributed_steps(model, strategy, iterator, steps)
-        preds, targets = predict(model, val_loader)
-        rows.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                     "val_loss": float(np.mean((preds - targets) ** 2))})
+        rows.append({"epoch": epoch, "loss": float(np.mean(losses)), **_validation_metrics(model, val_loader)})
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}: loss {rows[-1]['loss']:.4f}, val_loss {rows[-1]['val_loss']:.4f}")
     pd.DataFrame(rows).to_csv(log_path, index=False)
