@@ -4,11 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # TensorFlow and DALI versions the DALI TensorFlow plugin is built against (prebuilt for TF 2.20, 2.21).
-TF_SPEC ?= tensorflow>=2.20,<2.22
+# On a machine with an NVIDIA GPU (nvidia-smi lists one) TensorFlow comes with its CUDA libraries and
+# CuPy holds the regions resident on the GPU; elsewhere plain TensorFlow (no CUDA download).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TF_SPEC ?= tensorflow$(if $(HAS_GPU),[and-cuda])>=2.20,<2.22
+EXTRAS ?= dev$(if $(HAS_GPU),$(comma)gpu)
+comma := ,
 DALI_SPEC ?= nvidia-dali-cuda120>=2.0
 PLUGIN_SPEC ?= nvidia-dali-tf-plugin-cuda120
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench gpu-check lint clean
 
 setup: $(VENV)/.installed
 
@@ -18,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q "$(TF_SPEC)" "$(DALI_SPEC)"
 	# the plugin compiles against the installed TensorFlow and DALI: after both, without build isolation
 	$(PIP) install -q --no-build-isolation "$(PLUGIN_SPEC)==$$($(PY) -c 'import nvidia.dali as d; print(d.__version__)')"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
 	$(PY) -c "import dalidw.tf as t; t.import_plugin(); print('dalidw: set-up complete')"
 	touch $@
 
@@ -30,6 +35,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py --quick
+
+gpu-check: setup
+	$(PY) bench/gpu_check.py --out gpu-check.json
 
 lint: setup
 	$(VENV)/bin/ruff check dalidw tests bench

@@ -50,11 +50,10 @@ def parse_augment(augment: Any, dim: tuple[int, int]) -> tuple[int, ...]:
     return _CHOICES[frozenset(names)]
 
 
-def draw_codes(choices: tuple[int, ...], n_tiles: int, epoch: int, seed: int) -> np.ndarray | None:
-    """int8 (n_tiles,) transform codes of epoch ``epoch``, by table position; None without augmentation."""
+def draw_codes(choices: tuple[int, ...], n_tiles: int, rng: np.random.Generator) -> np.ndarray | None:
+    """int8 (n_tiles,) transform codes drawn from ``rng``, by table position; None without augmentation."""
     if choices == (0,):
         return None
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0xA06])
     return np.asarray(choices, dtype=np.int8)[rng.integers(0, len(choices), n_tiles)]
 
 
@@ -68,3 +67,18 @@ def transform(frame: np.ndarray, code: int) -> np.ndarray:
 def turned_shape(h: int, w: int, code: int) -> tuple[int, int]:
     """(h, w) of a frame after ``transform``."""
     return (w, h) if code & 1 else (h, w)
+
+
+def as_graph_ops(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transform codes -> the same transforms as graph ops: (transpose height and width, then flip
+    left-right, then flip up-down), each a bool (b,) array.
+
+    A quarter turn counter-clockwise is a transpose then an up-down flip; three quarter turns, a
+    transpose then a left-right flip; a half turn, both flips.
+    """
+    codes = np.asarray(codes, dtype=np.int8)
+    turns = codes & 3
+    transpose = (turns & 1).astype(bool)
+    up_down = (turns == 1) | (turns == 2)
+    left_right = ((turns == 2) | (turns == 3)) ^ ((codes & 4) != 0)
+    return transpose, left_right, up_down

@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 
 from .errors import DecodeError
+from .options import is_int
 
 #: Sample types read, with the value that ``normalize=True`` divides by (None: float data, kept as is).
 DTYPE_RANGES: dict[str, float | None] = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0, "float32": None}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class ChannelSpec:
         """Check the constructor's options; ``n_channels=None`` follows ``bands`` or ``num_classes``."""
         if bands is not None:
             if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or len(bands) == 0 \
-                    or not all(_is_int(b) and b >= 0 for b in bands):
+                    or not all(is_int(b) and b >= 0 for b in bands):
                 raise ValueError("Expected `bands` to be a non-empty list of band indices >= 0. "
                                  f"Received: bands={bands!r}")
             bands = tuple(int(b) for b in bands)
@@ -56,7 +53,7 @@ class ChannelSpec:
             raise ValueError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB); pick other bands with `bands=`. "
                              f"Received: n_channels={n_channels!r}")
         if num_classes is not None:
-            if not _is_int(num_classes) or num_classes < 2:
+            if not is_int(num_classes) or num_classes < 2:
                 raise ValueError(f"Expected `num_classes` to be an int >= 2. Received: num_classes={num_classes!r}")
             if n_channels != 1:
                 raise ValueError(f"`num_classes` one-hot encodes a single-band class map, but {n_channels} channels "

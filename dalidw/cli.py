@@ -108,7 +108,7 @@ def cmd_check(args) -> int:
 
         for index in tqdm(range(len(loader)), desc="dalidw: decoding", unit="batch", leave=False):
             loader[index]
-        print(f"decoded {loader._frames.decoded_images} images: all sound")
+        print(f"decoded {loader.decoded_images} images: all sound")
     if loader.slow_path:
         reasons = sorted(set(loader.slow_path.values()))
         print(f"{len(loader.slow_path)} image(s) take the slow path (tifffile on the CPU, same pixels): "

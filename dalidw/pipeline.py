@@ -1,11 +1,18 @@
-"""The DALI graph: frame stacks in, resized and normalized float32 sequences out.
+"""The DALI graph: per-sample frame data and boxes in, resized and normalized float32 sequences out.
 
-One graph for both devices; only the device strings differ. Per sample the input
-"frames" is the (F, h, w, C) stack of crops of one tile (layout FHWC, in the images' sample
-type), and "target" its float32 targets. The whole stack is resized in one operator straight to
-float32, then scaled (one multiply, or a multiply-add per channel for mean/std), so a sample
-costs two or three operators however many frames it has. Class maps are resized by nearest
-neighbour in their own type and may be one-hot encoded instead of scaled.
+One graph for both devices and both sources of frames; only device strings and the first node differ:
+
+- ``source="regions"``: each sample of the input "frames" is a whole region stack (T, H, W, C),
+  handed over without a copy (the same stack for every tile of that region); DALI cuts the tile's
+  box out with ``slice`` (input "anchor" (y, x) and "shape" (h, w), in pixels).
+- ``source="crops"``: each sample is the tile's own (T, h, w, C) frames, cut on the host. With
+  ``ragged`` (boxes of several sizes in one batch) the batch is zero-padded to its largest box and
+  "shape" says what to keep.
+
+Then, per sample: the augmentation (inputs "transpose", "flip_h", "flip_v"), one resize of the
+whole (T, h, w, C) stack straight to float32, one multiply (or multiply-add per channel for
+mean/std), and the last frame split off for "last-image". Nothing is padded in the batch
+dimension: a partial batch is simply a smaller batch.
 """
 
 from __future__ import annotations
@@ -15,18 +22,27 @@ from dataclasses import dataclass
 import numpy as np
 
 FRAMES = "frames"
+ANCHOR = "anchor"
+SHAPE = "shape"
+TRANSPOSE = "transpose"
+FLIP_H = "flip_h"
+FLIP_V = "flip_v"
 TARGET = "target"
+
+SOURCES = ("crops", "regions")
+#: Inputs that are per-sample arguments (boxes, flags), read on the CPU by design.
+ARGUMENT_INPUTS = (ANCHOR, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """What the graph produces.
+    """What the graph reads and produces.
 
     Attributes:
-        batch_size: samples per batch (the largest batch; a smaller one may be fed).
+        batch_size: samples per batch (the largest batch; smaller ones may be fed).
         dim: (height, width) of the output frames, in pixels.
         channels: C, channels of the frames.
-        frames: F, frames per input stack.
+        frames: F, frames per sample (T).
         input_dtype: uint8, uint16, int16 or float32.
         gain: per channel, the factor applied after resizing (1/255 for uint8 normalized, say).
         offset: per channel, added after ``gain`` (-mean/std for standardization).
@@ -34,12 +50,15 @@ class GraphSpec:
         num_classes: K to one-hot encode a single-channel class map (then gain and offset are
             not applied), or 0.
         split_last: True for "last-image": outputs (first F-1 frames, last frame).
-        target_size: k, targets per tile (0 with ``split_last``).
+        target_size: k, targets per tile (0 with ``split_last``); with k = 1, y is (B,).
         device: "cpu" or "gpu".
         device_id: the GPU, or None on the CPU.
         num_threads: DALI's CPU threads.
-        antialias: filter when shrinking; False where no frame is ever shrunk, which gives the
-            same output faster.
+        antialias: filter when shrinking; False where no frame is ever shrunk (same output, faster).
+        source: "crops" or "regions" (see the module docstring).
+        ragged: with "crops", the boxes of a batch may differ in size.
+        turns: samples may be transposed (quarter turns).
+        flips: samples may be flipped.
     """
 
     batch_size: int
@@ -57,54 +76,125 @@ class GraphSpec:
     device_id: int | None
     num_threads: int
     antialias: bool = True
+    source: str = "crops"
+    ragged: bool = False
+    turns: bool = False
+    flips: bool = False
 
     @property
     def out_channels(self) -> int:
         """C of the output frames."""
         return self.num_classes or self.channels
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The names of the graph's external inputs, in feeding order."""
+        names = [FRAMES]
+        if self.source == "regions":
+            names.append(ANCHOR)
+        if self.source == "regions" or self.ragged:
+            names.append(SHAPE)
+        if self.turns:
+            names.append(TRANSPOSE)
+        if self.flips or self.turns:
+            names += [FLIP_H, FLIP_V]
+        if not self.split_last:
+            names.append(TARGET)
+        return tuple(names)
 
-def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2):
-    """The DALI pipeline for ``spec``, not yet built.
+    def output_shapes(self) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
+        """Shapes of (x, y), the batch dimension None (the last batch of an epoch may be smaller)."""
+        h, w = self.dim
+        c = self.out_channels
+        if self.split_last:
+            return (None, self.frames - 1, h, w, c), (None, h, w, c)
+        return (None, self.frames, h, w, c), ((None,) if self.target_size == 1 else (None, self.target_size))
 
-    Outputs: x float32 (B, F, H, W, C) and y float32 (B, k) or, with ``split_last``,
-    x float32 (B, F-1, H, W, C) and y float32 (B, H, W, C).
+
+DALI_TYPES = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
+
+
+def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: list | None = None):
+    """The DALI pipeline for ``spec``, not yet built. Its inputs are ``spec.inputs``, fed a batch at
+    a time (``batch=True``).
+
+    Outputs: x float32 (B, F, H, W, C) and y float32 (B,) or (B, k); with ``split_last``,
+    x float32 (B, F-1, H, W, C) and y float32 (B, H, W, C). ``nodes``, when given, receives the
+    output nodes (for :func:`placement`).
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    in_type = {"uint8": types.UINT8, "uint16": types.UINT16, "int16": types.INT16,
-               "float32": types.FLOAT}[np.dtype(spec.input_dtype).name]
+    if spec.source not in SOURCES:
+        raise ValueError(f"Expected GraphSpec.source in {SOURCES}. Received: {spec.source!r}")
+    in_type = getattr(types, DALI_TYPES[np.dtype(spec.input_dtype).name])
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
-                  prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True)
+                  prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True, enable_conditionals=spec.turns)
     def sequences():
-        frames = fn.external_source(name=FRAMES, batch=False, layout="FHWC", dtype=in_type, ndim=4,
-                                    device=spec.device)
+        x = fn.external_source(name=FRAMES, batch=True, layout="FHWC", dtype=in_type, ndim=4, device=spec.device,
+                               no_copy=spec.source == "regions")
+        if spec.source == "regions":
+            anchor = fn.external_source(name=ANCHOR, batch=True, dtype=types.INT32, ndim=1)
+            shape = fn.external_source(name=SHAPE, batch=True, dtype=types.INT32, ndim=1)
+            x = fn.slice(x, start=anchor, shape=shape, axes=[1, 2])
+        elif spec.ragged:
+            shape = fn.external_source(name=SHAPE, batch=True, dtype=types.INT32, ndim=1)
+            x = fn.slice(x, start=[0, 0], shape=shape, axes=[1, 2])
+        if spec.turns:
+            transpose = fn.external_source(name=TRANSPOSE, batch=True, dtype=types.BOOL, ndim=0)
+            if transpose:  # a DALI conditional: only the samples whose flag is set are transposed
+                x = fn.transpose(x, perm=[0, 2, 1, 3], output_layout="FHWC")
+        if spec.flips or spec.turns:
+            flip_h = fn.external_source(name=FLIP_H, batch=True, dtype=types.INT32, ndim=0)
+            flip_v = fn.external_source(name=FLIP_V, batch=True, dtype=types.INT32, ndim=0)
+            x = fn.flip(x, horizontal=flip_h, vertical=flip_v)
         if spec.interpolation == "nearest":
-            x = fn.resize(frames, size=list(spec.dim), interp_type=types.INTERP_NN, antialias=False)
+            x = fn.resize(x, size=list(spec.dim), interp_type=types.INTERP_NN, antialias=False)
             if spec.num_classes:
                 x = fn.one_hot(fn.squeeze(x, axes=[3]), num_classes=spec.num_classes, axis=-1, dtype=types.FLOAT)
             else:
                 x = fn.cast(x, dtype=types.FLOAT)
         else:
-            x = fn.resize(frames, size=list(spec.dim), dtype=types.FLOAT, interp_type=types.INTERP_LINEAR,
+            x = fn.resize(x, size=list(spec.dim), dtype=types.FLOAT, interp_type=types.INTERP_LINEAR,
                           antialias=spec.antialias)
         if not spec.num_classes:
-            x = _affine(x, spec.gain, spec.offset, types)
+            x = _affine(x, spec.gain, spec.offset, types, spec.device)
         if spec.split_last:
-            return x[0 : spec.frames - 1], x[spec.frames - 1]
-        y = fn.external_source(name=TARGET, batch=False, dtype=types.FLOAT, ndim=1, device=spec.device)
-        return x, y
+            outputs = (x[0 : spec.frames - 1], x[spec.frames - 1])
+        else:
+            y = fn.external_source(name=TARGET, batch=True, dtype=types.FLOAT,
+                                   ndim=0 if spec.target_size == 1 else 1, device=spec.device)
+            outputs = (x, y)
+        if nodes is not None:
+            nodes.extend(outputs)
+        return outputs
 
     return sequences()
 
 
-def _affine(x, gain: tuple[float, ...], offset: tuple[float, ...], types):
-    """x * gain + offset, per channel; a scalar where all channels agree, nothing where it is 1 and 0."""
+def placement(outputs: list) -> list[tuple[str, str]]:
+    """(operator, device) of every operator on the data path to ``outputs`` (DALI output nodes),
+    argument inputs (boxes, flags) left out: they are per-sample scalars and belong on the CPU."""
+    seen: dict[int, tuple[str, str]] = {}
+    stack = list(outputs)
+    while stack:
+        node = stack.pop()
+        op = node.source
+        if op is None or id(op) in seen or str(op.name) in ARGUMENT_INPUTS:
+            continue
+        seen[id(op)] = (str(op.name), str(node.device))
+        stack.extend(op.inputs or [])
+    return sorted(set(seen.values()))
+
+
+def _affine(x, gain: tuple[float, ...], offset: tuple[float, ...], types, device: str):
+    """x * gain + offset, per channel; a scalar where all channels agree, nothing where it is 1 and 0.
+    Per-channel constants live on the graph's device, so they are not copied there every batch."""
+
     def constant(values):
         if len(set(values)) == 1:
             return np.float32(values[0])
-        return types.Constant(np.asarray(values, dtype=np.float32))
+        return types.Constant(np.asarray(values, dtype=np.float32), device=device)
 
     if any(g != 1.0 for g in gain):
         x = x * constant(gain)

@@ -1,129 +1,206 @@
-"""Decoded region images, bounded in bytes, and the per-tile frame stacks cut from them."""
+"""The region store: each region's frames, decoded once and kept while they fit, in host memory
+and (for the GPU graph) in device memory.
+
+The unit of storage is a region *stack*: the images of all T labels of one region, with only the
+channels used, as one (T, H, W, C) array in the images' sample type. A tile's T frames are then one
+slice of one array, however many labels there are. Labels whose images are smaller than the largest
+are zero-padded at the bottom and right; boxes are checked against every label's image beforehand,
+so padding is never read.
+"""
 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .augment import transform, turned_shape
 from .bands import ChannelSpec
 from .decode import RegionDecoder
-from .index import TileTable
+from .errors import DecodeError
 from .validate import ImageSet
 
 
 class RegionCache:
-    """A least-recently-used map of decoded images whose total size stays under ``max_bytes``.
+    """A least-recently-used map of arrays whose total size stays under ``max_bytes``.
 
-    An image larger than ``max_bytes`` is never kept; ``max_bytes=0`` keeps nothing.
+    An array larger than ``max_bytes`` is never kept; ``max_bytes=0`` keeps nothing. Works for
+    numpy and CuPy arrays alike (anything with ``nbytes``).
     """
 
-    def __init__(self, max_bytes: int):
-        if max_bytes < 0:
-            raise ValueError(f"Expected `cache_bytes` to be >= 0. Received: cache_bytes={max_bytes}")
+    def __init__(self, max_bytes: int, *, name: str = "cache_bytes"):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+            raise ValueError(f"Expected `{name}` to be an int >= 0. Received: {name}={max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: Hashable) -> np.ndarray | None:
-        """The image under ``key``, marked as most recently used, or None."""
-        image = self._items.get(key)
-        if image is not None:
+    def get(self, key: Hashable) -> Any | None:
+        """The array under ``key``, marked as most recently used, or None."""
+        item = self._items.get(key)
+        if item is not None:
             self._items.move_to_end(key)
-        return image
+        return item
 
-    def put(self, key: Hashable, image: np.ndarray) -> None:
-        """Keep ``image``, dropping the least recently used ones to stay under the bound."""
-        if image.nbytes > self.max_bytes or key in self._items:
+    def put(self, key: Hashable, item: Any) -> None:
+        """Keep ``item``, dropping the least recently used ones to stay under the bound."""
+        if item.nbytes > self.max_bytes or key in self._items:
             return
-        while self.nbytes + image.nbytes > self.max_bytes:
+        while self.nbytes + item.nbytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
             self.nbytes -= old.nbytes
-        self._items[key] = image
-        self.nbytes += image.nbytes
+        self._items[key] = item
+        self.nbytes += item.nbytes
+
+    def shrink(self, max_bytes: int) -> None:
+        """Lower the bound to ``max_bytes``, dropping the least recently used arrays."""
+        self.max_bytes = max(0, int(max_bytes))
+        while self.nbytes > self.max_bytes and self._items:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= old.nbytes
 
 
-class FrameSource:
-    """Cuts the T frames of tiles out of their region images, decoding each region at most once
-    while it stays in the cache. The cache holds only the channels asked for (``channels.select``).
+class RegionStore:
+    """Region stacks (T, H, W, C) in host memory, decoded on demand and cached within a byte bound.
 
     Thread-safe: the numpy path and the TensorFlow input thread may ask at the same time.
+
+    Args:
+        images: the checked image set (paths and sizes of every label of every region).
+        decoder: decodes whole images.
+        channels: which channels to keep.
+        cache_bytes: bound of the cache of stacks, in bytes.
     """
 
-    def __init__(self, table: TileTable, images: ImageSet, decoder: RegionDecoder, cache: RegionCache,
-                 channels: ChannelSpec):
-        self.table = table
+    def __init__(self, images: ImageSet, decoder: RegionDecoder, channels: ChannelSpec, cache_bytes: int):
         self.images = images
         self.decoder = decoder
-        self.cache = cache
         self.channels = channels
-        self._region_cols = np.array([images.region_index[r] for r in table.region_ids], dtype=np.int64)
-        self._lock = threading.Lock()
+        self.cache = RegionCache(cache_bytes)
         self.decoded_images = 0
+        self._lock = threading.Lock()
+        t = images.paths.shape[0]
+        self.stack_shapes = [(t, int(images.heights[:, r].max()), int(images.widths[:, r].max()), channels.n_channels)
+                             for r in range(images.paths.shape[1])]
 
-    def frames(self, positions: np.ndarray, labels: range | list[int],
-               codes: np.ndarray | None = None, *, dense: bool = False) -> list[np.ndarray] | np.ndarray:
-        """The frames of the tiles at ``positions``.
+    @property
+    def dtype(self) -> np.dtype:
+        """The sample type of the stacks."""
+        return self.decoder.dtype
 
-        Args:
-            positions: tile positions in the table.
-            labels: which labels (indices into the image set's labels), in frame order.
-            codes: int (len(positions),) augmentation transform per tile (see ``augment``), applied
-                alike to all its frames; None for none.
+    def stack_nbytes(self, region: int) -> int:
+        """Bytes of region ``region``'s stack."""
+        return int(np.prod(self.stack_shapes[region])) * self.dtype.itemsize
 
-        Returns:
-            one array per tile, (F, h, w, C) with F = len(labels) and (h, w) its box size
-            (swapped by a quarter turn); with ``dense``, where all of them have one shape, a
-            single (B, F, h, w, C) array instead.
+    def stacks(self, regions: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stacks of ``regions`` (region columns), decoding those not in the cache.
+
+        The returned stacks stay valid as long as they are referenced, cached or not; they are
+        never written to after decoding.
         """
-        labels = list(labels)
-        boxes = self.table.boxes[positions]
-        cols = self._region_cols[positions]
-        codes = np.zeros(len(positions), dtype=np.int8) if codes is None else np.asarray(codes)
-        channels = self.channels.n_channels
-        shapes = [(len(labels), *turned_shape(b[3] - b[1], b[2] - b[0], c), channels) for b, c in zip(boxes, codes)]
-        if dense:
-            if len(set(shapes)) != 1:
-                raise ValueError(f"dense frames need one box shape; this batch has {sorted(set(shapes))}")
-            stack = np.empty((len(shapes), *shapes[0]), dtype=self.decoder.dtype)
-            out = list(stack)
-        else:
-            out = [np.empty(shape, dtype=self.decoder.dtype) for shape in shapes]
-        wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for slot, col in enumerate(cols):
-            for f, t in enumerate(labels):
-                wanted.setdefault((t, int(col)), []).append((slot, f))
-
+        wanted = sorted({int(r) for r in regions})
+        out: dict[int, np.ndarray] = {}
         with self._lock:
             missing = []
-            for key, uses in wanted.items():
-                image = self.cache.get(key)
-                if image is None:
-                    missing.append(key)
+            for region in wanted:
+                stack = self.cache.get(region)
+                if stack is None:
+                    missing.append(region)
                 else:
-                    self._cut(image, uses, boxes, codes, out)
-            step = self.decoder.max_batch
-            for start in range(0, len(missing), step):
-                keys = missing[start : start + step]
-                paths = [self.images.paths[t, c] for t, c in keys]
-                shapes = [(int(self.images.heights[t, c]), int(self.images.widths[t, c])) for t, c in keys]
-                for key, path, image in zip(keys, paths, self.decoder.decode(paths, shapes)):
-                    self.decoded_images += 1
-                    image = self.channels.select(image, path)
-                    self._cut(image, wanted[key], boxes, codes, out)
-                    self.cache.put(key, image)
-        return stack if dense else out
+                    out[region] = stack
+            for region in missing:
+                out[region] = self._decode(region)
+                self.cache.put(region, out[region])
+        return out
 
-    @staticmethod
-    def _cut(image: np.ndarray, uses: list[tuple[int, int]], boxes: np.ndarray, codes: np.ndarray,
-             out: list[np.ndarray]) -> None:
-        for slot, f in uses:
-            xmin, ymin, xmax, ymax = boxes[slot]
-            crop = image[ymin:ymax, xmin:xmax]
-            out[slot][f] = transform(crop, codes[slot]) if codes[slot] else crop
+    def _decode(self, region: int) -> np.ndarray:
+        labels = range(self.images.paths.shape[0])
+        paths = [str(self.images.paths[t, region]) for t in labels]
+        shapes = [(int(self.images.heights[t, region]), int(self.images.widths[t, region])) for t in labels]
+        stack = np.zeros(self.stack_shapes[region], dtype=self.dtype)
+        step = self.decoder.max_batch
+        for start in range(0, len(paths), step):
+            chunk = slice(start, start + step)
+            for t, path, image in zip(labels[chunk], paths[chunk], self.decoder.decode(paths[chunk], shapes[chunk])):
+                self.decoded_images += 1
+                picked = self.channels.select(image, path)
+                stack[t, : picked.shape[0], : picked.shape[1]] = picked
+        return stack
+
+
+class DeviceRegionStore:
+    """Region stacks resident in GPU memory (CuPy arrays), uploaded once per region from the host
+    store and kept least-recently-used within ``cache_bytes`` of device memory.
+
+    CuPy holds the arrays because DALI's GPU external source takes any ``__cuda_array_interface__``
+    array without a copy, and CuPy's allocator is separate from the DALI pipeline's own pools, so a
+    stack outlives the iteration that uploaded it.
+
+    Args:
+        host: the host store that decodes the stacks.
+        device_id: the GPU.
+        cache_bytes: bound in bytes; None takes half of the device's free memory at construction.
+    """
+
+    def __init__(self, host: RegionStore, device_id: int, cache_bytes: int | None = None):
+        cp = import_cupy()
+        self.host = host
+        self.device_id = int(device_id)
+        with cp.cuda.Device(self.device_id):
+            if cache_bytes is None:
+                free, _ = cp.cuda.runtime.memGetInfo()
+                cache_bytes = int(free) // 2
+        self.cache = RegionCache(cache_bytes, name="device_cache_bytes")
+        self.uploads = 0
+        self._lock = threading.Lock()
+
+    def stacks(self, regions: Sequence[int]) -> dict[int, Any]:
+        """The device stacks of ``regions``, uploading those not resident."""
+        cp = import_cupy()
+        wanted = sorted({int(r) for r in regions})
+        out: dict[int, Any] = {}
+        with self._lock, cp.cuda.Device(self.device_id):
+            missing = [r for r in wanted if (out.setdefault(r, self.cache.get(r)) is None)]
+            if not missing:
+                return out
+            host = self.host.stacks(missing)
+            for region in missing:
+                out[region] = self._upload(region, host[region])
+                self.cache.put(region, out[region])
+            cp.cuda.get_current_stream().synchronize()
+        return out
+
+    def _upload(self, region: int, stack: np.ndarray) -> Any:
+        cp = import_cupy()
+        try:
+            device = cp.asarray(stack)
+        except cp.cuda.memory.OutOfMemoryError:
+            shrunk = self.cache.nbytes // 2
+            warnings.warn(f"dalidw: the GPU ran out of memory while uploading a region; the device cache shrinks "
+                          f"from {self.cache.max_bytes} to {shrunk} bytes (device_cache_bytes).", RuntimeWarning,
+                          stacklevel=3)
+            self.cache.shrink(shrunk)
+            cp.get_default_memory_pool().free_all_blocks()
+            try:
+                device = cp.asarray(stack)
+            except cp.cuda.memory.OutOfMemoryError:
+                path = str(self.host.images.paths[0, region])
+                raise DecodeError(path, f"its region ({stack.nbytes} bytes) does not fit in GPU memory") from None
+        self.uploads += 1
+        return device
+
+
+def import_cupy():
+    """CuPy, or an ImportError saying what to install."""
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError("The GPU region store needs CuPy: pip install 'cupy-cuda12x>=13' "
+                          "(or pip install 'dalidw[gpu]')") from None
+    return cupy

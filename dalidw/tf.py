@@ -1,19 +1,25 @@
-"""The hand-off to TensorFlow: the DALI graph as a ``tf.data.Dataset`` through the DALI plugin.
+"""The hand-off to TensorFlow: a feed's DALI graph as a ``tf.data.Dataset`` through the DALI plugin.
 
-DALI's ``DALIDatasetWithInputs`` takes per-sample ``tf.data`` inputs for the graph's external
-sources. Each input is a generator over the loader's own (epoch, batch) bookkeeping, so the
-streams stay aligned however far ahead TensorFlow or DALI prefetch. A partial last batch is
-padded to a full one for DALI and trimmed again on the TensorFlow side.
+``DALIDatasetWithInputs`` takes ``tf.data`` inputs for the graph's external sources, one whole
+batch per element. Each input is a generator over the feed's (epoch, batch) bookkeeping, so the
+streams stay aligned however far ahead TensorFlow or DALI prefetch. The DALI dataset is the last
+node: no ``tf.data`` op follows it (those run on the CPU only), the batch dimension is None, and a
+partial last batch is simply smaller.
+
+The plugin turns every input into a host ``tf.data`` tensor, so the graph it runs always takes
+crops cut on the host (``source="crops"``); region stacks resident on the GPU serve the graph run
+directly (``loader[i]``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .pipeline import FRAMES, TARGET, build_pipeline
+import numpy as np
 
-if TYPE_CHECKING:
-    from .loader import SequenceDataLoader
+from .devices import check_tensorflow_gpu
+from .feed import BatchFeed, per_replica_batch
+from .pipeline import FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, build_pipeline
 
 #: TensorFlow releases the DALI plugin ships prebuilt for, as (major, minor).
 SUPPORTED_TF = ((2, 20), (2, 21))
@@ -41,129 +47,101 @@ def import_plugin():
     return tf, dali_tf
 
 
-def make_dataset(loader: SequenceDataLoader, *, start_epoch: int = 0, placement: str | None = None):
-    """The repeating (x, y) dataset of ``loader``, starting at epoch ``start_epoch``.
+def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None = None):
+    """The repeating (x, y) dataset of ``feed``'s graph, from epoch ``start_epoch`` on.
 
-    ``placement`` is the TensorFlow device of the DALI dataset (default: the loader's GPU, or /cpu:0).
+    ``placement`` is the TensorFlow device of the DALI dataset (default: the graph's GPU, or /cpu:0).
     """
     tf, dali_tf = import_plugin()
-    spec = loader._spec()
-    batch = spec.batch_size
-    frames = spec.frames
-    channels = spec.out_channels
-    height, width = spec.dim
-    in_dtype = tf.as_dtype(spec.input_dtype)
-
+    feed = feed.replace(source="crops", device_store=None) if feed.spec.source != "crops" else feed
+    spec = feed.spec
+    if spec.device == "gpu":
+        check_tensorflow_gpu(tf)
     device = placement or (f"/gpu:{spec.device_id}" if spec.device == "gpu" else "/cpu:0")
+    signatures = _signatures(tf, feed)
     inputs = {}
-    box = loader.uniform_box
-    dense = box is not None
     with tf.device("/cpu:0"):
-        if dense:  # one array per batch: far less per-sample work in TensorFlow's generator
-            frame_spec = tf.TensorSpec((batch, frames, *box, spec.channels), in_dtype)
-            target_spec = tf.TensorSpec((batch, spec.target_size), tf.float32)
-        else:
-            frame_spec = tf.TensorSpec((frames, None, None, spec.channels), in_dtype)
-            target_spec = tf.TensorSpec((spec.target_size,), tf.float32)
-        frames_ds = tf.data.Dataset.from_generator(
-            lambda: loader._stream(FRAMES, start_epoch, dense=dense), output_signature=frame_spec)
-        inputs[FRAMES] = (frames_ds, "FHWC")
-        if not spec.split_last:
-            target_ds = tf.data.Dataset.from_generator(
-                lambda: loader._stream(TARGET, start_epoch, dense=dense), output_signature=target_spec)
-            inputs[TARGET] = (target_ds, None)
-
-    if spec.split_last:
-        shapes = ((batch, frames - 1, height, width, channels), (batch, height, width, channels))
-    else:
-        shapes = ((batch, frames, height, width, channels), (batch, spec.target_size))
-
+        for name in spec.inputs:
+            inputs[name] = tf.data.Dataset.from_generator(_stream_of(feed, name, start_epoch),
+                                                          output_signature=signatures[name])
     with tf.device(device):
         input_datasets = {}
-        for name, (ds, layout) in inputs.items():
+        for name, ds in inputs.items():
             if spec.device == "gpu":
                 ds = ds.apply(tf.data.experimental.copy_to_device(device))
-            input_datasets[name] = dali_tf.experimental.Input(ds, layout=layout, batch=dense)
-        pipe = build_pipeline(spec)
-        dataset = dali_tf.experimental.DALIDatasetWithInputs(
-            pipeline=pipe,
+            input_datasets[name] = dali_tf.experimental.Input(ds, layout="FHWC" if name == FRAMES else None,
+                                                              batch=True)
+        return dali_tf.experimental.DALIDatasetWithInputs(
+            pipeline=build_pipeline(spec),
             input_datasets=input_datasets,
-            batch_size=batch,
-            output_shapes=shapes,
+            batch_size=spec.batch_size,
+            output_shapes=spec.output_shapes(),
             output_dtypes=(tf.float32, tf.float32),
             device_id=spec.device_id,
             num_threads=spec.num_threads,
         )
-        dataset = _shape_targets(tf, dataset, loader)
-        dataset = _trim_batches(tf, dataset, loader.batch_sizes, batch)
-    return dataset
 
 
-def _shape_targets(tf, dataset, loader: SequenceDataLoader):
-    if loader.split_last or len(loader.table.target_names) != 1:
-        return dataset
-    return dataset.map(lambda x, y: (x, tf.reshape(y, [-1])))
+def _stream_of(feed: BatchFeed, name: str, start_epoch: int):
+    return lambda: feed.stream(name, start_epoch)
 
 
-def _trim_batches(tf, dataset, sizes, batch: int):
-    """Cut the padding off the partial batches of every epoch (``sizes``: tiles per batch of an
-    epoch); full batches pass untouched."""
-    if all(int(v) == batch for v in sizes):
-        return dataset
-    table = tf.constant([int(v) for v in sizes], dtype=tf.int64)
+def _signatures(tf, feed: BatchFeed) -> dict[str, Any]:
+    spec = feed.spec
+    box = (None, None) if spec.ragged else feed.box()
+    target = (None,) if spec.target_size == 1 else (None, spec.target_size)
+    return {
+        FRAMES: tf.TensorSpec((None, spec.frames, *box, spec.channels), tf.as_dtype(np.dtype(spec.input_dtype))),
+        SHAPE: tf.TensorSpec((None, 2), tf.int32),
+        TRANSPOSE: tf.TensorSpec((None,), tf.bool),
+        FLIP_H: tf.TensorSpec((None,), tf.int32),
+        FLIP_V: tf.TensorSpec((None,), tf.int32),
+        TARGET: tf.TensorSpec(target, tf.float32),
+    }
 
-    def trim(step, xy):
-        x, y = xy
-        size = table[step % len(sizes)]
-        return tf.cond(size < batch, lambda: (x[:size], y[:size]), lambda: (x, y))
 
-    return dataset.enumerate().map(trim)
-
-
-def _replica_device(tf, device: str) -> tuple[str, str]:
-    """A replica's TensorFlow device name -> (dalidw device, TensorFlow placement)."""
+def _replica_device(tf, device: str) -> tuple[str, int | None, str]:
+    """A replica's TensorFlow device name -> (graph device, device id, TensorFlow placement)."""
     spec = tf.DeviceSpec.from_string(device)
     kind = (spec.device_type or "CPU").upper()
     index = spec.device_index or 0
     if kind == "GPU":
-        return f"gpu:{index}", f"/device:GPU:{index}"
-    return "cpu", f"/device:CPU:{index}"
+        return "gpu", index, f"/device:GPU:{index}"
+    return "cpu", None, f"/device:CPU:{index}"
 
 
-def distribute(loader: SequenceDataLoader, strategy, *, start_epoch: int = 0):
-    """``loader.distributed_dataset(strategy)``: a distributed dataset of per-replica shards."""
+def distribute(feed: BatchFeed, strategy, *, start_epoch: int = 0, device_fixed: bool = False):
+    """A distributed dataset of per-replica shards of ``feed`` (whose batch is the global batch).
+
+    Each replica's graph runs on the replica's device. ``device_fixed``: the user chose the feed's
+    device explicitly; a replica on another kind of device is then an error, not a silent switch.
+    """
     tf, _ = import_plugin()
-    replicas = int(strategy.num_replicas_in_sync)
-    if loader.num_shards != 1:
+    if feed.order.num_shards != 1:
         raise ValueError("distributed_dataset() shards the loader itself: build it without shard_id/num_shards")
-    if loader.batch_size % replicas:
-        raise ValueError(f"batch_size={loader.batch_size} is the global batch: it must split evenly over "
-                         f"{replicas} replicas")
-    per_replica = loader.batch_size // replicas
+    per_replica = per_replica_batch(feed.spec.batch_size, int(strategy.num_replicas_in_sync))
     devices = list(strategy.extended.worker_devices)
-
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
-        def replica_dataset(context):
-            device, placement = _replica_device(tf, devices[context.input_pipeline_id])
-            part = loader.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
-                                device=device)
-            with tf.device(placement):
-                return make_dataset(part, start_epoch=start_epoch, placement=placement)
-
-        options = tf.distribute.InputOptions(
-            experimental_place_dataset_on_device=True,
-            experimental_fetch_to_device=False,
-            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-        return strategy.distribute_datasets_from_function(replica_dataset, options)
-
-    if len(devices) != 1:
+    placements = [_replica_device(tf, d) for d in devices]
+    if device_fixed and any(kind != feed.spec.device for kind, _, _ in placements):
+        kinds = sorted({kind for kind, _, _ in placements})
+        raise ValueError(f"device={feed.spec.device!r} was asked for, but the strategy's replicas are on "
+                         f"{' and '.join(kinds)} devices; leave `device` at 'auto' to follow the replicas")
+    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+    if not mirrored and len(devices) != 1:
         raise ValueError(f"{type(strategy).__name__} with {len(devices)} replicas in this worker: dalidw runs one "
                          "pipeline per worker, so each worker must hold one replica (one GPU per process)")
 
-    def worker_dataset(context):
-        device, placement = _replica_device(tf, devices[0])
-        part = loader.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
-                            device=device)
-        return make_dataset(part, start_epoch=start_epoch)
+    def shard_dataset(context):
+        kind, device_id, placement = placements[context.input_pipeline_id if mirrored else 0]
+        part = feed.for_shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
+                              device=kind, device_id=device_id)
+        with tf.device(placement):
+            return make_dataset(part, start_epoch=start_epoch, placement=placement)
 
-    return strategy.distribute_datasets_from_function(worker_dataset)
+    if not mirrored:
+        return strategy.distribute_datasets_from_function(shard_dataset)
+    options = tf.distribute.InputOptions(
+        experimental_place_dataset_on_device=True,
+        experimental_fetch_to_device=False,
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+    return strategy.distribute_datasets_from_function(shard_dataset, options)

@@ -99,8 +99,6 @@ def check_images(
         DataError: listing every missing or unreadable image, every box outside its image,
             and images whose sample type or bands cannot give the ``channels`` asked for.
     """
-    from tqdm.auto import tqdm
-
     regions = list(dict.fromkeys(table.region_ids.tolist()))
     region_index = {r: j for j, r in enumerate(regions)}
     paths = np.empty((len(labels), len(regions)), dtype=object)
@@ -111,7 +109,11 @@ def check_images(
 
     jobs = [(t, j) for t in range(len(labels)) for j in range(len(regions))]
     disable = (not progress) if progress is not None else (len(jobs) < 200 or None)
-    for t, j in tqdm(jobs, desc="dalidw: checking image headers", unit="file", disable=disable, leave=False):
+    if disable is not True:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc="dalidw: checking image headers", unit="file", disable=disable, leave=False)
+    for t, j in jobs:
         path = image_path(image_dir, labels[t], regions[j], extension)
         paths[t, j] = path
         if not os.path.isfile(path):

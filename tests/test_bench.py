@@ -1,22 +1,89 @@
-"""The benchmark's quick mode runs and writes its figures (no timing is asserted here)."""
+"""The benchmark's quick mode and the GPU check's CPU self-test run and write their figures (no
+timing is asserted here: speed is the benchmark's to show, not a test's)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def test_quick_benchmark_writes_json_and_chart(tmp_path):
+    names = ["seed", "tf.data", "dalidw-cpu", "dalidw-gpu", "floor-dali"]
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--data", str(tmp_path / "data"),
-           "--out", str(tmp_path / "out"), "--only", "seed-style", "dalidw-cpu", "dalidw-gpu", "floor"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--out", str(tmp_path / "out"), "--only", *names]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"DALIDW_SEED_CODE": "",
+                                                                               **_env()})
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((tmp_path / "out" / "quick-tiled.json").read_text())
-    names = [r["loader"] for r in report["results"]]
-    assert names == ["seed-style", "dalidw-cpu", "dalidw-gpu", "floor"]
-    for r in report["results"]:
-        assert r.get("samples_per_s", 0) > 0 or "skipped" in r
+    rows = {r["loader"]: r for r in report["results"]}
+    assert list(rows) == names
+    assert "no --seed-code" in rows["seed"]["skipped"]
+    for name in ("tf.data", "dalidw-cpu", "floor-dali"):
+        assert rows[name]["samples_per_s"] > 0 and rows[name]["cpu_s_per_1000"] > 0
+    assert rows["dalidw-cpu"]["host_ms_per_batch"]["crops"] > 0
+    assert rows["dalidw-cpu"]["regions_per_batch"] > 1, "a shuffled batch mixes regions"
     assert (tmp_path / "out" / "quick-tiled.png").stat().st_size > 0
     assert "samples/s" in run.stdout
+
+
+def _env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "DALIDW_SEED_CODE"}
+
+
+def test_the_seed_row_loads_the_original_file_with_its_one_patch(tmp_path):
+    from baselines import SEED_PATCHES, load_seed
+
+    source = tmp_path / "SequenceDataLoader.py"
+    source.write_text("class SequenceDataLoader:\n    def f(self, y, cursor, tileID):\n        "
+                      + SEED_PATCHES[0][0].strip() + "\n        return y\n")
+    loader_class = load_seed(str(source))
+    assert "SequenceDataLoader" in repr(loader_class)
+    source.write_text("class SequenceDataLoader:\n    pass\n")
+    with pytest.raises(ValueError, match="the line to patch is not there"):
+        load_seed(str(source))
+
+
+def test_gpu_check_self_test_compares_the_region_graph_with_the_crop_graph(tmp_path):
+    out = tmp_path / "check.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--self-test", "--out", str(out), "--batches", "3"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["ok"] and summary["device"] == "cpu"
+    assert summary["placement"]["ok"] and any("Resize" in op for op in summary["placement"]["operators"])
+    assert len(summary["parity"]) == 6
+    for name, result in summary["parity"].items():
+        assert result["ok"] and result["max_abs_diff"] <= 1e-5 and result["batches"] > 0, name
+    assert summary["tiff_variants"]["uint8 RGB, deflate, tiled"] == {"ok": True, "decoded_by": "DALI cpu"}
+    assert summary["graph_speed"]["samples_per_s"] > 0 and summary["graph_speed"]["host_ms_per_batch"] > 0
+
+
+def test_gpu_check_comparison_fails_on_a_difference():
+    from gpu_check import compare
+
+    a = np.zeros((2, 3), np.float32)
+    assert compare(a, a.copy())["ok"]
+    b = a.copy()
+    b[1, 2] = 2e-5
+    assert not compare(b, a)["ok"]
+    assert not compare(a[:1], a)["ok"]
+
+
+@pytest.mark.slow
+def test_quick_curves_write_a_json_and_a_chart_per_curve(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--curves", "--quick", "--data", str(tmp_path / "data"),
+           "--out", str(tmp_path / "out")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "curves-quick-tiled.json").read_text())
+    assert set(report["curves"]) == {"batch", "frames", "size", "data"}
+    for curve in report["curves"]:
+        assert (tmp_path / "out" / f"curve-quick-{curve}.png").stat().st_size > 0

@@ -114,7 +114,7 @@ def test_train_reports_a_wrong_image_dir(synth_dir, tmp_path):
 
 
 def test_bench_runs_the_benchmark_of_the_source_tree(tmp_path):
-    result = dalidw("bench", "--quick", "--only", "floor", "--data", tmp_path / "data", "--out", tmp_path / "out")
+    result = dalidw("bench", "--quick", "--only", "floor-write", "--data", tmp_path / "data", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "floor" in result.stdout and (tmp_path / "out" / "quick-tiled.json").is_file()
 

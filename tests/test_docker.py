@@ -42,7 +42,8 @@ def test_dockerfile_parses_and_enters_through_the_console_script(name):
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_installs_dalidw_and_smoke_tests_it(name):
     runs = " && ".join(arg for word, arg in instructions(name) if word == "RUN")
-    assert re.search(r"pip install [^&]*\s\.(\s|$)", runs), "the package itself is installed"
+    assert re.search(r"pip install [^&]*\s(\.|\"\.\[gpu\]\")(\s|$)", runs), "the package itself is installed"
+    assert "cupy-cuda12x" in runs or ".[gpu]" in runs, "CuPy holds the regions resident on the GPU"
     assert "dalidw check" in runs and "--decode" in runs and "import_plugin" in runs
 
 

@@ -156,16 +156,16 @@ def test_regions_are_decoded_once_while_they_fit_the_cache(dataset):
     for _ in range(2):
         list(ld)
         ld.on_epoch_end()
-    assert ld._frames.decoded_images == 2 * len(YEARS)
+    assert ld.decoded_images == 2 * len(YEARS)
 
 
 def test_the_cache_stays_under_its_bound(dataset):
-    one_image = 96 * 112 * 3
-    ld = loader(dataset, batch_size=3, cache_bytes=2 * one_image)
+    one_region = len(YEARS) * 96 * 112 * 3  # the cache keeps a region's images of every year together
+    ld = loader(dataset, batch_size=3, cache_bytes=one_region + 1)
     first = ld[0][0]
     list(ld)
-    assert ld._frames.cache.nbytes <= 2 * one_image
-    assert ld._frames.decoded_images > 2 * len(YEARS)
+    assert 0 < ld.cached_bytes <= one_region + 1
+    assert ld.decoded_images > 2 * len(YEARS)
     np.testing.assert_array_equal(ld[0][0], first)
 
 
@@ -212,8 +212,8 @@ def test_locality_decodes_each_image_once_per_epoch_with_a_cache_of_one_region(t
         assert sorted(ids) == sorted(ds.table.tile_id.unique())
         for i in range(len(ld)):
             ld[i]
-    assert local._frames.decoded_images == 4 * len(YEARS)
-    assert spread._frames.decoded_images > 2 * 4 * len(YEARS)
+    assert local.decoded_images == 4 * len(YEARS)
+    assert spread.decoded_images > 2 * 4 * len(YEARS)
 
 
 @pytest.mark.parametrize("kw, message", [

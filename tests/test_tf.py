@@ -85,15 +85,24 @@ def test_dataset_equals_loader_batches_for_real_data_options(tmp_path, n_bands, 
     ((20, 30), {}),
     ((20, 30), {"target": "last-image", "augment": "flip"}),
     ((25, 25), {"augment": True, "target": ["target", "target2"], "dim": (16, 16)}),
-    ((20, 30), {"augment": True, "dim": (16, 16)}),  # quarter turns of 20x30 boxes: per-sample path
+    ((20, 30), {"augment": True, "dim": (16, 16)}),  # quarter turns of 20x30 boxes, turned in the graph
 ])
-def test_uniform_boxes_take_whole_batches_and_give_the_same_data(tmp_path, box, options):
+def test_uniform_boxes_give_the_same_data_through_both_paths(tmp_path, box, options):
     from .conftest import make_dataset
 
     ds = make_dataset(tmp_path, tile_size=box, tiles_per_region=5)
     ld = loader(ds, **{"dim": (16, 24), **options})
-    assert (ld.uniform_box is None) == (box[0] != box[1] and options.get("augment") is True)
+    assert ld.uniform_box == box
     assert_dataset_matches_loader(ld)
+
+
+def test_dataset_is_the_dali_dataset_itself_with_an_open_batch_dimension(dataset):
+    ld = loader(dataset, batch_size=4)
+    ds = ld.dataset()
+    assert type(ds).__name__ == "_DALIDatasetWithInputsImpl" or "DALIDataset" in type(ds).__name__
+    assert ds.element_spec[0].shape[0] is None and ds.element_spec[1].shape.as_list() == [None]
+    sizes = [len(x) for x, _ in ds.take(len(ld)).as_numpy_iterator()]
+    assert sizes == list(ld.batch_sizes) and sizes[-1] < 4, "the last batch is smaller, not padded"
 
 
 def test_as_pydataset_lets_keras_fit_run_the_numpy_path_epoch_after_epoch(dataset):

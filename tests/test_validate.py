@@ -80,7 +80,7 @@ def test_headers_are_read_without_decoding(dataset):
     ({"n_channels": 4}, "Expected `n_channels` to be 1 \\(gray\\) or 3 \\(RGB\\)"),
     ({"device": "tpu"}, "Expected `device` to be 'auto', 'cpu', 'gpu' or 'gpu:N'"),
     ({"target": []}, "Expected `target`"),
-    ({"cache_bytes": -1}, "Expected `cache_bytes` to be >= 0"),
+    ({"cache_bytes": -1}, "Expected `cache_bytes` to be an int >= 0"),
 ])
 def test_bad_options_are_named(dataset, kw, message):
     options = {"device": "cpu", **kw}

@@ -1,0 +1,72 @@
+"""Checks of the loader's options, each failing with the Keras-style message that says what was
+expected and what was received."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def is_int(value: Any) -> bool:
+    """An int (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_labels(labels: Any) -> list[Any]:
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
+        raise ValueError("Expected `labels` to be a non-empty list of labels (e.g. years). "
+                         f"Received: labels={labels!r}")
+    if len({str(v) for v in labels}) != len(labels):
+        raise ValueError(f"Expected `labels` to hold each label once. Received: labels={list(labels)!r}")
+    return list(labels)
+
+
+def check_dim(dim: Any) -> tuple[int, int]:
+    if not (isinstance(dim, (tuple, list)) and len(dim) == 2 and all(is_int(v) and v > 0 for v in dim)):
+        raise ValueError(f"Expected `dim` to be (height, width) of positive ints. Received: dim={dim!r}")
+    return int(dim[0]), int(dim[1])
+
+
+def check_batch_size(batch_size: Any) -> int:
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
+    return int(batch_size)
+
+
+def check_shard(shard_id: Any, num_shards: Any) -> tuple[int, int]:
+    if not (is_int(shard_id) and is_int(num_shards)) or num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError("Expected 0 <= shard_id < num_shards. "
+                         f"Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
+    return int(shard_id), int(num_shards)
+
+
+def check_locality(locality: Any, shuffle: bool) -> None:
+    if locality is None:
+        return
+    if locality != "auto" and not (is_int(locality) and locality >= 1):
+        raise ValueError(f"Expected `locality` to be a number of regions >= 1, 'auto' or None. "
+                         f"Received: locality={locality!r}")
+    if not shuffle:
+        raise ValueError("`locality` shapes the shuffle: it needs shuffle=True")
+
+
+def check_interpolation(interpolation: Any, num_classes: int | None) -> str:
+    if interpolation is None:
+        return "nearest" if num_classes else "linear"
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError("Expected `interpolation` to be 'linear' or 'nearest'. "
+                         f"Received: interpolation={interpolation!r}")
+    if num_classes and interpolation != "nearest":
+        raise ValueError("`num_classes` one-hot encodes class ids, which only interpolation='nearest' keeps intact")
+    return interpolation
+
+
+def check_seed(seed: Any) -> int:
+    """The seed as an int in [0, 2**32); None draws one."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (1 << 32))
+    if not is_int(seed) or not 0 <= seed < 1 << 32:
+        raise ValueError(f"Expected `random_seed` to be an int in [0, 2**32) or None. Received: random_seed={seed!r}")
+    return int(seed)
