@@ -158,7 +158,7 @@ class RegionDecoder:
         listed = "; ".join(f"{p} ({self.slow_path[p]})" for p in new[:WARN_LISTED])
         more = f"; and {len(new) - WARN_LISTED} more" if len(new) > WARN_LISTED else ""
         warnings.warn(f"dalidw: {len(new)} image(s) decoded by tifffile on the CPU (the slow path), as DALI's "
-                      f"decoder cannot read them: {listed}{more}. The batches are the same; only slower. "
+                      f"decoder cannot read them as stored: {listed}{more}. The batches are the same; only slower. "
                       "loader.slow_path lists them all.", SlowPathWarning, stacklevel=4)
 
 
@@ -194,5 +194,5 @@ def read_with_tifffile(path: str) -> np.ndarray:
 def _check_with_tifffile(path: str, image: np.ndarray) -> None:
     """Raise DecodeError if tifffile cannot decode ``path`` or gives other pixels than ``image``."""
     pixels = read_with_tifffile(path)
-    if pixels.shape != image.shape or not np.array_equal(pixels, image):
+    if pixels.shape != image.shape or not np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"):
         raise DecodeError(path, "DALI's decoder and tifffile disagree on its pixels; the file may be damaged")

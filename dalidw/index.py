@@ -7,6 +7,7 @@ the tile is ``image[ymin:ymax, xmin:xmax]``.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import pandas as pd
 from .errors import DataError, shown
 
 LAST_IMAGE = "last-image"
+#: Largest pixel coordinate accepted (2**31 - 1: no TIFF is wider or taller).
+MAX_COORDINATE = 2**31 - 1
 _INT_TOKEN = re.compile(r"^[+-]?\d+(\.0*)?$")
 
 
@@ -50,6 +53,15 @@ def key_text(value: Any) -> str:
     if isinstance(value, np.generic):
         return str(value.item())
     return str(value)
+
+
+def unsafe_name(region: str) -> str | None:
+    """Why a region id cannot be a file name inside the image folder (a path, "..", empty), or None."""
+    if region in ("", ".", ".."):
+        return "is not a file name"
+    if os.path.isabs(region) or "/" in region or "\\" in region:
+        return "is a path, which would read outside image_dir"
+    return None
 
 
 def parse_box(value: Any) -> tuple[int, int, int, int]:
@@ -152,6 +164,10 @@ def build_table(
             problems.append(f"row {shown(row_name)} (tile_id {shown(tile)}): bad region_coordinates: {err}")
             continue
         xmin, ymin, xmax, ymax = box
+        if max(abs(v) for v in box) > MAX_COORDINATE:
+            problems.append(f"row {shown(row_name)} (tile_id {shown(tile)}): box {box} has a coordinate beyond "
+                            f"{MAX_COORDINATE} pixels")
+            continue
         if xmax - xmin < min_tile_size or ymax - ymin < min_tile_size:
             problems.append(
                 f"row {shown(row_name)} (tile_id {shown(tile)}): box {box} is {xmax - xmin}x{ymax - ymin} pixels "
@@ -168,19 +184,27 @@ def build_table(
             targets = values.to_numpy(dtype=np.float64)
         except (TypeError, ValueError):
             targets = values.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(targets)
-        for i, j in zip(*np.nonzero(bad)):
+        with np.errstate(over="ignore"):
+            single = targets.astype(np.float32)
+        for i, j in zip(*np.nonzero(~np.isfinite(single))):
+            what = "beyond float32's range" if np.isfinite(targets[i, j]) else "not a finite number"
             problems.append(
                 f"row {shown(rows.index[i])} (tile_id {shown(rows['tile_id'].iloc[i])}): target {shown(names[j])} is "
-                f"{shown(values.iloc[i, j])}, not a finite number"
+                f"{shown(values.iloc[i, j])}, {what}"
             )
-        targets = targets.astype(np.float32)
+        targets = single
+
+    region_ids = np.array([key_text(r) for r in rows["region_id"]], dtype=object)
+    for region in dict.fromkeys(region_ids.tolist()):
+        why = unsafe_name(region)
+        if why:
+            problems.append(f"region_id {shown(region)} {why}; region ids name files inside image_dir/<label>/")
 
     if problems:
         raise DataError(problems, context="the tiles table has problems")
     return TileTable(
         tile_ids=rows["tile_id"].to_numpy(),
-        region_ids=np.array([key_text(r) for r in rows["region_id"]], dtype=object),
+        region_ids=region_ids,
         boxes=boxes,
         targets=targets,
         target_names=names,

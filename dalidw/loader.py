@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,12 +32,22 @@ from .options import (
     check_shard,
 )
 from .order import EpochOrder, check_epoch
-from .pipeline import GraphSpec, build_pipeline
+from .pipeline import GraphSpec, box_facts, build_pipeline
 from .regions import DeviceRegionStore, RegionStore
-from .validate import check_images
+from .validate import MAX_IMAGE_PIXELS, check_images
 
 #: Default bound of the decoded-region cache, in bytes (2 GiB).
 DEFAULT_CACHE_BYTES = 2 << 30
+
+
+def _device_store(store: RegionStore, device_id: int, cache_bytes: int | None) -> DeviceRegionStore | None:
+    """The GPU region store, or None (crops cut on the host, with a warning) where CuPy is missing."""
+    try:
+        return DeviceRegionStore(store, device_id, cache_bytes)
+    except ImportError as err:
+        warnings.warn(f"dalidw: {err}. Until then crops are cut on the host and uploaded batch by batch.",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 class SequenceDataLoader:
@@ -81,6 +92,8 @@ class SequenceDataLoader:
             regions, so that a cache smaller than the dataset decodes each region image about once
             per epoch. "auto": as many regions as ``cache_bytes`` holds; None (default): shuffle
             all tiles together.
+        max_image_pixels: largest image accepted, height x width in pixels, checked from the headers
+            before anything is decoded (a guard against decompression bombs).
         device_cache_bytes: with device "gpu", bound of the region stacks kept in GPU memory, in
             bytes; None (default): half of the GPU memory free when the loader is built.
         shard_id, num_shards: this loader sees shard ``shard_id`` of ``num_shards`` of every epoch:
@@ -122,6 +135,7 @@ class SequenceDataLoader:
         augment: bool | str | Sequence[str] | None = None,
         locality: int | str | None = None,
         device_cache_bytes: int | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         shard_id: int = 0,
         num_shards: int = 1,
     ):
@@ -147,32 +161,28 @@ class SequenceDataLoader:
         self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
         norm = dict(normalize=self.normalize and not self.channels.num_classes, scale=scale, mean=mean, std=std)
         affine(np.dtype("uint8"), self.channels.n_channels, **norm)  # bad options fail before any file is read
-        self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress)
+        self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress,
+                                   max_pixels=max_image_pixels)
         decoder = RegionDecoder(dtype=self.images.dtype, device=self.device, device_id=self.device_id,
                                 num_threads=self.num_threads, verify=verify_decode, slow_path=self.images.slow_path)
         decoder.warn_slow_path(list(self.images.slow_path))
         store = RegionStore(self.images, decoder, self.channels, cache_bytes)
         regions = np.array([self.images.region_index[r] for r in self.table.region_ids], dtype=np.int64)
-        self.locality = None if locality is None else int(
-            max(1, cache_bytes // max(max(store.stack_nbytes(r) for r in range(len(store.stack_shapes))), 1))
-            if locality == "auto" else locality)
+        self.locality = store.regions_within(cache_bytes) if locality == "auto" else locality
         order = EpochOrder(len(self.table), self.batch_size, seed=self.random_seed, shuffle=self.shuffle,
                            groups=regions, locality=self.locality, augment=augment_codes,
                            shard_id=shard[0], num_shards=shard[1])
-        sizes = self.table.boxes[:, [3, 2]] - self.table.boxes[:, [1, 0]]  # (h, w) of each box
         turns = any(c & 1 for c in augment_codes)
-        reach = np.full(2, sizes.max()) if turns else sizes.max(axis=0)  # a quarter turn swaps h and w
         gain, offset = affine(self.images.dtype, self.channels.n_channels, **norm)
+        device_store = _device_store(store, self.device_id, device_cache_bytes) if self.device == "gpu" else None
         spec = GraphSpec(
             batch_size=self.batch_size, dim=self.dim, channels=self.channels.n_channels, frames=len(self.labels),
             input_dtype=self.images.dtype, gain=gain, offset=offset, interpolation=self.interpolation,
             num_classes=self.channels.num_classes or 0, split_last=self.split_last,
             target_size=0 if self.split_last else len(self.table.target_names), device=self.device,
-            device_id=self.device_id, num_threads=self.num_threads,
-            antialias=bool(reach[0] > self.dim[0] or reach[1] > self.dim[1]),
-            source="regions" if self.device == "gpu" else "crops", ragged=bool((sizes != sizes[0]).any()),
-            turns=turns, flips=any(c & 6 for c in augment_codes))
-        device_store = DeviceRegionStore(store, self.device_id, device_cache_bytes) if self.device == "gpu" else None
+            device_id=self.device_id, num_threads=self.num_threads, turns=turns,
+            flips=any(c & 6 for c in augment_codes), source="crops" if device_store is None else "regions",
+            **box_facts(self.table.boxes[:, [3, 2]] - self.table.boxes[:, [1, 0]], self.dim, turns=turns))
         self._start(BatchFeed(self.table, regions, order, store, spec, device_store))
 
     def _start(self, feed: BatchFeed) -> None:

@@ -59,6 +59,7 @@ class GraphSpec:
         ragged: with "crops", the boxes of a batch may differ in size.
         turns: samples may be transposed (quarter turns).
         flips: samples may be flipped.
+        resize: False where every box already has the output size: frames are cast, not resampled.
     """
 
     batch_size: int
@@ -80,6 +81,7 @@ class GraphSpec:
     ragged: bool = False
     turns: bool = False
     flips: bool = False
+    resize: bool = True
 
     @property
     def out_channels(self) -> int:
@@ -109,6 +111,25 @@ class GraphSpec:
         if self.split_last:
             return (None, self.frames - 1, h, w, c), (None, h, w, c)
         return (None, self.frames, h, w, c), ((None,) if self.target_size == 1 else (None, self.target_size))
+
+
+def box_facts(sizes: np.ndarray, dim: tuple[int, int], *, turns: bool) -> dict[str, bool]:
+    """What the tiles' box sizes tell the graph.
+
+    Args:
+        sizes: int (n_tiles, 2) (h, w) of every box, in pixels.
+        dim: (H, W) of the output frames.
+        turns: boxes may be turned a quarter (then h and w swap).
+
+    Returns:
+        ragged: the boxes differ in size; antialias: some frame is shrunk along some axis (where
+        the antialias filter matters); resize: some frame differs from ``dim`` (when none does,
+        frames are copied as they are, so a NaN stays in its own pixel).
+    """
+    reach = np.full(2, sizes.max()) if turns else sizes.max(axis=0)  # a quarter turn swaps h and w
+    same = bool((sizes == np.asarray(dim)).all()) and (not turns or dim[0] == dim[1])
+    return {"ragged": bool((sizes != sizes[0]).any()), "antialias": bool(reach[0] > dim[0] or reach[1] > dim[1]),
+            "resize": not same}
 
 
 DALI_TYPES = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
@@ -148,7 +169,11 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
             flip_h = fn.external_source(name=FLIP_H, batch=True, dtype=types.INT32, ndim=0)
             flip_v = fn.external_source(name=FLIP_V, batch=True, dtype=types.INT32, ndim=0)
             x = fn.flip(x, horizontal=flip_h, vertical=flip_v)
-        if spec.interpolation == "nearest":
+        if not spec.resize:
+            x = fn.cast(x, dtype=types.FLOAT)
+            if spec.num_classes:
+                x = fn.one_hot(fn.squeeze(x, axes=[3]), num_classes=spec.num_classes, axis=-1, dtype=types.FLOAT)
+        elif spec.interpolation == "nearest":
             x = fn.resize(x, size=list(spec.dim), interp_type=types.INTERP_NN, antialias=False)
             if spec.num_classes:
                 x = fn.one_hot(fn.squeeze(x, axes=[3]), num_classes=spec.num_classes, axis=-1, dtype=types.FLOAT)

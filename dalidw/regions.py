@@ -98,6 +98,11 @@ class RegionStore:
         """Bytes of region ``region``'s stack."""
         return int(np.prod(self.stack_shapes[region])) * self.dtype.itemsize
 
+    def regions_within(self, max_bytes: int) -> int:
+        """How many of the largest region stacks fit in ``max_bytes`` (at least 1)."""
+        largest = max(self.stack_nbytes(r) for r in range(len(self.stack_shapes)))
+        return max(1, int(max_bytes) // max(largest, 1))
+
     def stacks(self, regions: Sequence[int]) -> dict[int, np.ndarray]:
         """The stacks of ``regions`` (region columns), decoding those not in the cache.
 
@@ -129,6 +134,9 @@ class RegionStore:
             chunk = slice(start, start + step)
             for t, path, image in zip(labels[chunk], paths[chunk], self.decoder.decode(paths[chunk], shapes[chunk])):
                 self.decoded_images += 1
+                if image.shape[2] != self.images.channels:
+                    raise DecodeError(path, f"has {image.shape[2]} band(s) now; it had {self.images.channels} when "
+                                            "the loader was built (was the file replaced?)")
                 picked = self.channels.select(image, path)
                 stack[t, : picked.shape[0], : picked.shape[1]] = picked
         return stack
@@ -166,14 +174,17 @@ class DeviceRegionStore:
         wanted = sorted({int(r) for r in regions})
         out: dict[int, Any] = {}
         with self._lock, cp.cuda.Device(self.device_id):
-            missing = [r for r in wanted if (out.setdefault(r, self.cache.get(r)) is None)]
-            if not missing:
-                return out
-            host = self.host.stacks(missing)
-            for region in missing:
-                out[region] = self._upload(region, host[region])
-                self.cache.put(region, out[region])
-            cp.cuda.get_current_stream().synchronize()
+            for region in wanted:
+                resident = self.cache.get(region)
+                if resident is not None:
+                    out[region] = resident
+            missing = [r for r in wanted if r not in out]
+            if missing:
+                host = self.host.stacks(missing)
+                for region in missing:
+                    out[region] = self._upload(region, host[region])
+                    self.cache.put(region, out[region])
+                cp.cuda.get_current_stream().synchronize()  # uploaded before DALI reads them on its own stream
         return out
 
     def _upload(self, region: int, stack: np.ndarray) -> Any:

@@ -14,6 +14,14 @@ from .bands import DTYPE_RANGES, ChannelSpec
 from .errors import DataError, shown
 from .index import TileTable, key_text
 
+#: Photometric interpretations that DALI's decoder converts instead of giving the stored bands.
+CONVERTED_PHOTOMETRICS = ("MINISWHITE", "SEPARATED", "CIELAB", "ICCLAB", "ITULAB", "YCBCR")
+#: Photometric interpretations whose bands are not red, green and blue (or gray ones).
+NOT_RGB_PHOTOMETRICS = ("SEPARATED", "CIELAB", "ICCLAB", "ITULAB", "MINISWHITE")
+#: Largest image accepted, in pixels (height x width), checked from the header before any decoding,
+#: as Pillow's MAX_IMAGE_PIXELS guards against decompression bombs.
+MAX_IMAGE_PIXELS = 1 << 30
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -25,9 +33,22 @@ class ImageInfo:
     dtype: np.dtype
     planar_separate: bool
     tile_shape: tuple[int, int] | None = None
+    photometric: str = "MINISBLACK"
+    bits: int = 8
+    jpeg: bool = False
 
     def slow_path_reason(self) -> str | None:
-        """Why DALI's TIFF decoder cannot read this image (so a CPU decoder must), or None."""
+        """Why DALI's TIFF decoder cannot read this image as stored (so tifffile must), or None.
+
+        DALI converts what tifffile keeps as stored: palette indices to colours, CMYK, CIELAB,
+        YCbCr and MinIsWhite to RGB or inverted gray, and packed samples (12-bit, say) to other values.
+        """
+        if self.photometric == "PALETTE":
+            return "palette (colour-map) image: its stored indices are kept, not the colours"
+        if self.photometric in CONVERTED_PHOTOMETRICS and not (self.photometric == "YCBCR" and self.jpeg):
+            return f"photometric {self.photometric}: its bands are kept as stored"
+        if self.bits != 8 * self.dtype.itemsize:
+            return f"{self.bits}-bit samples in {self.dtype.name}"
         if self.planar_separate:
             return "planar-separate bands"
         if self.dtype.kind == "i":
@@ -79,9 +100,12 @@ def read_header(path: str) -> ImageInfo:
             planar = channels > 1 and int(page.planarconfig) == 2
             dtype = np.dtype(page.dtype) if page.dtype is not None else np.dtype("V")
             tile_shape = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
+            photometric = getattr(page.photometric, "name", str(page.photometric))
+            bits = int(page.bitspersample)
+            jpeg = int(page.compression) in (6, 7)
     except Exception as err:  # tifffile raises many kinds for a broken file
         raise ValueError(f"not a readable TIFF ({type(err).__name__}: {err})") from None
-    return ImageInfo(height, width, channels, dtype, planar, tile_shape)
+    return ImageInfo(height, width, channels, dtype, planar, tile_shape, photometric, bits, jpeg)
 
 
 def check_images(
@@ -91,6 +115,7 @@ def check_images(
     extension: str,
     channels: ChannelSpec,
     *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     progress: bool | None = None,
 ) -> ImageSet:
     """Check that every label's image of every region exists, is readable and holds every box.
@@ -133,6 +158,12 @@ def check_images(
         problem = channels.problem(path, info.channels, info.dtype)
         if problem:
             problems.append(problem)
+        elif channels.bands is None and channels.n_channels == 3 and info.photometric in NOT_RGB_PHOTOMETRICS:
+            problems.append(f"{path}: photometric {info.photometric} is not RGB; n_channels=3 would read its first "
+                            "3 bands as red, green and blue: pick the bands with bands=[...]")
+        if info.height * info.width > max_pixels:
+            problems.append(f"{path}: {info.width}x{info.height} pixels (width x height) is more than "
+                            f"max_image_pixels={max_pixels}")
     if len(dtypes) > 1:
         problems.append("images mix sample types: " + ", ".join(f"{d} (e.g. {p})" for d, p in dtypes.items()))
 

@@ -42,3 +42,32 @@ def test_gpu_real_data_options_equal_cpu(tmp_path, n_bands, dtype, options):
     gpu = SequenceDataLoader(YEARS, ds.table, ds.image_dir, device="gpu", **kw)
     for i in range(len(cpu)):
         np.testing.assert_allclose(gpu[i][0], cpu[i][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["target", "last-image"])
+def test_gpu_dataset_of_uniform_boxes_arrives_on_the_gpu_and_equals_the_loader(tmp_path, target):
+    tf = pytest.importorskip("tensorflow")
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow sees no GPU")
+    from .conftest import make_dataset
+
+    ds = make_dataset(tmp_path, tile_size=(20, 30))
+    ld = SequenceDataLoader(YEARS, ds.table, ds.image_dir, device="gpu", dim=(16, 16), batch_size=4, target=target)
+    assert ld.feed.spec.source == "regions", "a GPU loader keeps its region stacks on the device"
+    dataset = ld.dataset()
+    for i, (x, y) in enumerate(dataset.take(len(ld))):
+        assert "GPU" in x.device and "GPU" in y.device
+        np.testing.assert_allclose(x.numpy(), ld[i][0], atol=1e-6)
+
+
+def test_every_graph_operator_runs_on_the_gpu():
+    from dalidw.pipeline import GraphSpec, build_pipeline, placement
+
+    spec = GraphSpec(batch_size=2, dim=(8, 8), channels=3, frames=3, input_dtype=np.uint8, gain=(1 / 255,) * 3,
+                     offset=(0.0,) * 3, interpolation="linear", num_classes=0, split_last=False, target_size=1,
+                     device="gpu", device_id=0, num_threads=1, source="regions", turns=True, flips=True)
+    nodes = []
+    pipe = build_pipeline(spec, nodes=nodes)
+    ops = placement(nodes)
+    assert ops and all(device == "gpu" for _, device in ops), ops
+    del pipe

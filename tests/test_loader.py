@@ -185,6 +185,13 @@ def test_auto_runs_on_the_cpu_without_a_gpu(dataset, monkeypatch):
     assert loader(dataset, device="auto").device == "cpu"
 
 
+def test_auto_stays_on_the_cpu_when_tensorflow_sees_no_gpu(dataset, monkeypatch):
+    monkeypatch.setattr("dalidw.devices.gpu_count", lambda: 1)
+    monkeypatch.setattr("dalidw.devices.tensorflow_gpu_count", lambda: 0)
+    with pytest.warns(RuntimeWarning, match=r"DALI sees a GPU but TensorFlow sees no GPU.*tensorflow\[and-cuda\]"):
+        assert loader(dataset, device="auto").device == "cpu"
+
+
 def test_verify_decode_accepts_sound_files(dataset):
     a, b = loader(dataset), loader(dataset, verify_decode=True)
     np.testing.assert_array_equal(a[0][0], b[0][0])

@@ -1,0 +1,145 @@
+"""No wrong value without an error: TIFF variants that a decoder would convert come out as stored
+(as tifffile and rasterio read them) or are refused by name; NaN stays where it is; hostile tables
+and files are refused with the row or the file named."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from dalidw import DataError, DecodeError, SequenceDataLoader
+
+YEARS = [2016, 2017]
+
+
+def write_region(root, image, **options) -> str:
+    """One region "7" for every year, the same image, and one tile covering a box of it."""
+    for year in YEARS:
+        os.makedirs(os.path.join(root, "Images", str(year)), exist_ok=True)
+        tifffile.imwrite(os.path.join(root, "Images", str(year), "7.tif"), image, **options)
+    return os.path.join(root, "Images")
+
+
+def table(box=(0, 0, 16, 12), region_id=7, target=0.5, tiles=1) -> pd.DataFrame:
+    return pd.DataFrame([{"tile_id": t, "region_id": region_id, "target": target, "region_coordinates": str(box)}
+                         for t in range(tiles)])
+
+
+def first_frame(image_dir, box=(0, 0, 16, 12), **options):
+    ld = SequenceDataLoader(YEARS, table(box), image_dir, device="cpu", batch_size=1, shuffle=False,
+                            dim=(box[3] - box[1], box[2] - box[0]), **options)
+    x, _ = ld[0]
+    return x[0, 0], ld
+
+
+def test_a_palette_image_gives_its_stored_indices_not_colours(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 4, (12, 16), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = [[0, 65535, 0, 30000], [0, 0, 65535, 30000], [65535, 0, 0, 30000]]
+    image_dir = write_region(tmp_path, ids, photometric="palette", colormap=colormap)
+    frame, ld = first_frame(image_dir, n_channels=1, normalize=False, interpolation="nearest")
+    np.testing.assert_array_equal(frame[..., 0], tifffile.imread(os.path.join(image_dir, "2016", "7.tif")))
+    assert "palette" in next(iter(ld.slow_path.values()))
+    one_hot, _ = first_frame(image_dir, n_channels=1, num_classes=4)
+    np.testing.assert_array_equal(one_hot.argmax(-1), ids)
+
+
+def test_a_palette_image_is_not_read_as_rgb(tmp_path):
+    ids = np.zeros((12, 16), np.uint8)
+    image_dir = write_region(tmp_path, ids, photometric="palette", colormap=np.zeros((3, 256), np.uint16))
+    with pytest.raises(DataError, match="has 1 band"):
+        first_frame(image_dir)
+
+
+def test_12_bit_samples_keep_their_stored_values(tmp_path):
+    values = (np.arange(12 * 16).reshape(12, 16) * 21 % 4096).astype(np.uint16)
+    image_dir = write_region(tmp_path, values, bitspersample=12, photometric="minisblack")
+    frame, ld = first_frame(image_dir, n_channels=1, normalize=False)
+    np.testing.assert_array_equal(frame[..., 0], values)
+    assert "12-bit" in next(iter(ld.slow_path.values()))
+
+
+def test_cmyk_is_refused_as_rgb_and_read_as_stored_bands(tmp_path):
+    cmyk = np.random.default_rng(1).integers(0, 256, (12, 16, 4), dtype=np.uint8)
+    image_dir = write_region(tmp_path, cmyk, photometric="separated")
+    with pytest.raises(DataError, match="photometric SEPARATED is not RGB.*bands="):
+        first_frame(image_dir)
+    frame, _ = first_frame(image_dir, bands=[0, 1, 2, 3], normalize=False)
+    np.testing.assert_array_equal(frame, cmyk)
+
+
+def test_min_is_white_keeps_its_stored_values(tmp_path):
+    gray = np.random.default_rng(2).integers(0, 256, (12, 16), dtype=np.uint8)
+    image_dir = write_region(tmp_path, gray, photometric="miniswhite")
+    frame, _ = first_frame(image_dir, n_channels=1, normalize=False)
+    np.testing.assert_array_equal(frame[..., 0], gray)
+
+
+def test_nan_stays_in_its_own_pixel_when_the_box_has_the_output_size(tmp_path):
+    image = np.random.default_rng(3).random((12, 16, 3)).astype(np.float32)
+    image[5, 6, 1] = np.nan
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib")
+    frame, _ = first_frame(image_dir)
+    np.testing.assert_array_equal(np.argwhere(np.isnan(frame)), [[5, 6, 1]])
+    np.testing.assert_array_equal(frame, image)
+    audited, _ = first_frame(image_dir, verify_decode=True)  # NaN == NaN for the audit
+    np.testing.assert_array_equal(audited, image)
+
+
+@pytest.mark.parametrize("region_id", ["../outside", "/etc/passwd", "..", "a/b"])
+def test_a_region_id_that_leaves_the_image_folder_is_refused(tmp_path, region_id):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match="region ids name files inside image_dir"):
+        SequenceDataLoader(YEARS, table(region_id=region_id), image_dir, device="cpu")
+
+
+def test_a_target_beyond_float32_is_refused_with_its_row(tmp_path):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match=r"row 0 \(tile_id 0\): target 'target' is 1e\+39, beyond float32"):
+        SequenceDataLoader(YEARS, table(target=1e39), image_dir, device="cpu")
+
+
+def test_a_huge_coordinate_is_refused_with_its_row(tmp_path):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match=r"row 0 \(tile_id 0\): box .* has a coordinate beyond"):
+        SequenceDataLoader(YEARS, table(box=(0, 0, 16, 10**30)), image_dir, device="cpu")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match=r"16x12 pixels .* is more than max_image_pixels=100"):
+        SequenceDataLoader(YEARS, table(), image_dir, device="cpu", max_image_pixels=100)
+
+
+def test_a_file_replaced_with_other_bands_after_construction_is_named(tmp_path):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu", batch_size=1)
+    tifffile.imwrite(os.path.join(image_dir, "2017", "7.tif"), np.zeros((12, 16, 4), np.uint8), photometric="rgb",
+                     extrasamples=[2])
+    with pytest.raises(DecodeError, match=r"2017.7\.tif: cannot decode \(has 4 band\(s\) now; it had 3"):
+        ld[0]
+
+
+def test_a_batch_larger_than_the_table_allocates_only_the_tiles(tmp_path):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    ld = SequenceDataLoader(YEARS, table(tiles=3), image_dir, device="cpu", batch_size=20000, dim=(8, 8))
+    x, y = ld[0]
+    assert x.shape == (3, len(YEARS), 8, 8, 3) and y.shape == (3,)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "7"])
+def test_a_seed_outside_32_bits_is_refused(tmp_path, seed):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match=r"Expected `random_seed` to be an int in \[0, 2\*\*32\)"):
+        SequenceDataLoader(YEARS, table(), image_dir, device="cpu", random_seed=seed)
+
+
+@pytest.mark.parametrize("start_epoch", [-1, 1.5])
+def test_a_bad_start_epoch_is_refused_before_iterating(tmp_path, start_epoch):
+    pytest.importorskip("tensorflow")
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu")
+    with pytest.raises(ValueError, match="Expected an epoch to be an int >= 0"):
+        ld.dataset(start_epoch=start_epoch)
