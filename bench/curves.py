@@ -19,15 +19,16 @@ from collections.abc import Callable
 
 CACHE_REGIONS = 4
 CURVES = {
-    # name: (setting, values, values in quick mode, loaders)
+    # name: (setting, values, values in quick mode, loaders); "data" uses regions of DATA_SIZE pixels
     "batch": ("batch", [32, 64, 128, 256, 512], [16, 32], ["dalidw-cpu", "tf.data"]),
     "frames": ("years", [3, 5, 7, 10, 14], [3, 5], ["dalidw-cpu", "tf.data"]),
     "size": ("dim", [32, 64, 128, 256], [32, 48], ["dalidw-cpu", "tf.data"]),
     "data": ("regions", [1, 2, 4, 8, 16], [1, 2],
              ["dalidw-cpu-small-cache", "dalidw-cpu-locality", "tf.data", "tf.data-streaming"]),
 }
-BASE = {"regions": 4, "size": 512, "batch": 64, "years": 7, "dim": 64, "warmup": 1, "epochs": 1, "max_seconds": 5}
+BASE = {"regions": 4, "size": 1024, "batch": 64, "years": 7, "dim": 64, "warmup": 2, "epochs": 2, "max_seconds": 6}
 QUICK = {"regions": 2, "size": 256, "batch": 16, "years": 5, "dim": 32, "warmup": 1, "epochs": 1, "max_seconds": 1}
+DATA_SIZE = {"full": 512, "quick": 256}
 
 
 def run_curves(mode_name: str, root: str, layout: str, out: str, run_one: Callable[..., dict]) -> int:
@@ -43,7 +44,9 @@ def run_curves(mode_name: str, root: str, layout: str, out: str, run_one: Callab
             mode = {**base, setting: value}
             years = 14 if setting != "regions" else mode["years"]
             regions = value if setting == "regions" else base["regions"]
-            data = make_data(f"{root}-curves-{regions}r-{years}y", regions, base["size"], years, layout)
+            if setting == "regions":
+                mode["size"] = DATA_SIZE[mode_name]
+            data = make_data(f"{root}-curves-{regions}r-{mode['size']}-{years}y", regions, mode["size"], years, layout)
             if setting == "regions":
                 mode["small_cache_regions"] = min(CACHE_REGIONS, 1 if quick else CACHE_REGIONS)
             for name in loaders:

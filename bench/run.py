@@ -214,7 +214,7 @@ def measure(name: str, root: str, mode: dict, seed_code: str | None) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     samples = done = 0
     tiles = []
-    while done < wanted and (done < 2 or time.perf_counter() - start < mode["max_seconds"]):
+    while done < wanted and (done < 4 or time.perf_counter() - start < mode["max_seconds"]):
         x, _, index = next(batches)
         shape = tuple(x.shape) if isinstance(x.shape, tuple) or hasattr(x.shape, "as_list") else None
         if shape is not None:

@@ -17,6 +17,10 @@ from .options import is_int
 
 #: Sample types read, with the value that ``normalize=True`` divides by (None: float data, kept as is).
 DTYPE_RANGES: dict[str, float | None] = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0, "float32": None}
+#: The same sample types by the name of their ``nvidia.dali.types`` member.
+DALI_TYPE_NAMES: dict[str, str] = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
+#: The sample types DALI's image decoder gives (signed samples take the tifffile path).
+DALI_DECODES = ("uint8", "uint16", "float32")
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,14 @@ class ChannelSpec:
     """The channels asked for, before looking at any image.
 
     Attributes:
-        n_channels: 1 (gray) or 3 (RGB) when ``bands`` is None; else len(bands).
+        kept: channels kept from each image: 1 (gray) or 3 (RGB) when ``bands`` is None; else
+            len(bands). (The loader's ``n_channels`` is the output's, ``out_channels``.)
         bands: band indices (0-based) to pick from a multi-band image, in output order; None for
             the RGB / gray rules.
         num_classes: K to one-hot encode a single-band class map to K channels; None for no encoding.
     """
 
-    n_channels: int
+    kept: int
     bands: tuple[int, ...] | None
     num_classes: int | None
 
@@ -64,7 +69,7 @@ class ChannelSpec:
     @property
     def out_channels(self) -> int:
         """C of the output frames: K with one-hot encoding, else the selected channels."""
-        return self.num_classes or self.n_channels
+        return self.num_classes or self.kept
 
     def problem(self, path: str, channels: int, dtype: np.dtype) -> str | None:
         """Why an image with this header cannot give these channels, or None."""
@@ -74,10 +79,10 @@ class ChannelSpec:
             if max(self.bands) >= channels:
                 return f"{path}: has {channels} band(s); bands={list(self.bands)} asks for band {max(self.bands)}"
             return None
-        if self.n_channels == 3 and channels not in (3, 4):
+        if self.kept == 3 and channels not in (3, 4):
             return (f"{path}: has {channels} band(s); n_channels=3 needs an RGB or RGBA image "
                     "(pick bands with bands=[...])")
-        if self.n_channels == 1 and channels not in (1, 3, 4):
+        if self.kept == 1 and channels not in (1, 3, 4):
             return f"{path}: has {channels} bands; n_channels=1 needs a gray, RGB or RGBA image (or bands=[i])"
         return None
 
@@ -89,7 +94,7 @@ class ChannelSpec:
         """
         if self.bands is not None:
             out = image[..., list(self.bands)] if self.bands != tuple(range(image.shape[-1])) else image
-        elif self.n_channels == 3:
+        elif self.kept == 3:
             out = image[..., :3]
         elif image.shape[-1] == 1:
             out = image

@@ -167,6 +167,12 @@ def cmd_bench(args) -> int:
         cmd += ["--out", args.out]
     if args.only:
         cmd += ["--only", *args.only]
+    if args.curves:
+        cmd.append("--curves")
+    if args.rounds:
+        cmd += ["--rounds", str(args.rounds)]
+    if args.seed_code:
+        cmd += ["--seed-code", args.seed_code]
     return subprocess.run(cmd).returncode
 
 
@@ -308,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="where the generated dataset goes (default: a temporary folder)")
     p.add_argument("--out", help="where the JSON and the chart go (default: bench/results)")
     p.add_argument("--only", nargs="*", help="loaders to run (default: all)")
+    p.add_argument("--curves", action="store_true", help="the cost curves instead of the table")
+    p.add_argument("--rounds", type=int, help="runs of each loader (default: 3, quick: 1)")
+    p.add_argument("--seed-code", help="the original SequenceDataLoader.py, for the 'seed' row")
     p.set_defaults(func=cmd_bench)
     return parser
 

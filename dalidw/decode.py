@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .bands import DALI_DECODES, DALI_TYPE_NAMES
 from .errors import DecodeError, SlowPathWarning
 
 #: How many slow-path files a warning lists by name.
@@ -70,9 +71,9 @@ class RegionDecoder:
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        dali_dtype = {"uint8": types.UINT8, "uint16": types.UINT16, "float32": types.FLOAT}.get(self.dtype.name)
-        if dali_dtype is None:
+        if self.dtype.name not in DALI_DECODES:
             return None  # DALI does not decode this sample type: every image takes the slow path
+        dali_dtype = getattr(types, DALI_TYPE_NAMES[self.dtype.name])
         backend = self.backend
 
         @pipeline_def(batch_size=self.max_batch, num_threads=self.num_threads, device_id=self.device_id,

@@ -160,7 +160,7 @@ class SequenceDataLoader:
 
         self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
         norm = dict(normalize=self.normalize and not self.channels.num_classes, scale=scale, mean=mean, std=std)
-        affine(np.dtype("uint8"), self.channels.n_channels, **norm)  # bad options fail before any file is read
+        affine(np.dtype("uint8"), self.channels.kept, **norm)  # bad options fail before any file is read
         self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress,
                                    max_pixels=max_image_pixels)
         decoder = RegionDecoder(dtype=self.images.dtype, device=self.device, device_id=self.device_id,
@@ -173,10 +173,10 @@ class SequenceDataLoader:
                            groups=regions, locality=self.locality, augment=augment_codes,
                            shard_id=shard[0], num_shards=shard[1])
         turns = any(c & 1 for c in augment_codes)
-        gain, offset = affine(self.images.dtype, self.channels.n_channels, **norm)
+        gain, offset = affine(self.images.dtype, self.channels.kept, **norm)
         device_store = _device_store(store, self.device_id, device_cache_bytes) if self.device == "gpu" else None
         spec = GraphSpec(
-            batch_size=self.batch_size, dim=self.dim, channels=self.channels.n_channels, frames=len(self.labels),
+            batch_size=self.batch_size, dim=self.dim, channels=self.channels.kept, frames=len(self.labels),
             input_dtype=self.images.dtype, gain=gain, offset=offset, interpolation=self.interpolation,
             num_classes=self.channels.num_classes or 0, split_last=self.split_last,
             target_size=0 if self.split_last else len(self.table.target_names), device=self.device,

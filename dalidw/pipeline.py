@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bands import DALI_TYPE_NAMES
+
 FRAMES = "frames"
 ANCHOR = "anchor"
 SHAPE = "shape"
@@ -132,9 +134,6 @@ def box_facts(sizes: np.ndarray, dim: tuple[int, int], *, turns: bool) -> dict[s
             "resize": not same}
 
 
-DALI_TYPES = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
-
-
 def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: list | None = None):
     """The DALI pipeline for ``spec``, not yet built. Its inputs are ``spec.inputs``, fed a batch at
     a time (``batch=True``).
@@ -147,7 +146,7 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
 
     if spec.source not in SOURCES:
         raise ValueError(f"Expected GraphSpec.source in {SOURCES}. Received: {spec.source!r}")
-    in_type = getattr(types, DALI_TYPES[np.dtype(spec.input_dtype).name])
+    in_type = getattr(types, DALI_TYPE_NAMES[np.dtype(spec.input_dtype).name])
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
                   prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True, enable_conditionals=spec.turns)

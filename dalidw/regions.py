@@ -86,7 +86,7 @@ class RegionStore:
         self.decoded_images = 0
         self._lock = threading.Lock()
         t = images.paths.shape[0]
-        self.stack_shapes = [(t, int(images.heights[:, r].max()), int(images.widths[:, r].max()), channels.n_channels)
+        self.stack_shapes = [(t, int(images.heights[:, r].max()), int(images.widths[:, r].max()), channels.kept)
                              for r in range(images.paths.shape[1])]
 
     @property

@@ -186,11 +186,15 @@ def train(
             data, steps = train_loader.distributed_dataset(dist), train_loader.steps_per_epoch(dist)
             validation = {}
             callbacks.insert(0, _validation_callback(keras, model, val_loader))
-        model.fit(
-            data, steps_per_epoch=steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
-            shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
-            **validation,
-        )
+        # one GPU: train under the loader's GPU, as DALI's Keras recipe does; a strategy places replicas itself
+        placement = (f"/gpu:{train_loader.device_id}" if dist is None and train_loader.device == "gpu"
+                     else None)
+        with _tf_device(placement):
+            model.fit(
+                data, steps_per_epoch=steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
+                **validation,
+            )
     model.save(model_path)
     curves_path = os.path.join(out_dir, "loss.png")
     save_curves(log_path, curves_path)
@@ -203,6 +207,15 @@ def train(
         model_path=model_path, log_path=log_path, curves_path=curves_path,
         train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles,
     )
+
+
+def _tf_device(name: str | None):
+    """``tf.device(name)``, or no placement at all for None."""
+    if name is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.device(name)
 
 
 def _validation_metrics(model, val_loader: SequenceDataLoader) -> dict[str, float]:

@@ -158,7 +158,7 @@ def check_images(
         problem = channels.problem(path, info.channels, info.dtype)
         if problem:
             problems.append(problem)
-        elif channels.bands is None and channels.n_channels == 3 and info.photometric in NOT_RGB_PHOTOMETRICS:
+        elif channels.bands is None and channels.kept == 3 and info.photometric in NOT_RGB_PHOTOMETRICS:
             problems.append(f"{path}: photometric {info.photometric} is not RGB; n_channels=3 would read its first "
                             "3 bands as red, green and blue: pick the bands with bands=[...]")
         if info.height * info.width > max_pixels:
