@@ -54,6 +54,28 @@ def channel_options(args) -> dict:
     return options
 
 
+def positive_int(text: str) -> int:
+    """An int >= 1 (epochs, batch sizes, rows)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An int >= 0 (an epoch index)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def parse_dim(text: str) -> tuple[int, int]:
     """'64' -> (64, 64); '32x48' -> (32, 48) as (height, width)."""
     parts = text.lower().split("x")
@@ -277,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="sample.png")
     p.add_argument("--dim", type=parse_dim, default=(64, 64))
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16, help="with --batch: tiles per batch")
-    p.add_argument("--rows", type=int, default=8, help="with --batch: at most this many tiles drawn")
-    p.add_argument("--epoch", type=int, default=0, help="with --batch: the epoch (its shuffle order)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="with --batch: tiles per batch")
+    p.add_argument("--rows", type=positive_int, default=8, help="with --batch: at most this many tiles drawn")
+    p.add_argument("--epoch", type=non_negative_int, default=0, help="with --batch: the epoch (its shuffle order)")
     p.add_argument("--seed", type=int, default=42, help="with --batch: the loader's random_seed")
     p.add_argument("--no-shuffle", action="store_true", help="with --batch: table order")
     channels_args(p)
@@ -289,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the urbanization ConvLSTM")
     p.add_argument("csv")
     p.add_argument("image_dir")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--dim", type=parse_dim, default=(32, 32))
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="dalidw-train")
@@ -303,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="synth, check, train a few epochs and show a sample")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=positive_int, default=6)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--seed", type=int, default=0)
@@ -335,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DeviceUnavailableError as err:
         print(f"dalidw {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output folder that cannot be made or written, a file that cannot be read
+        where = f": {err.filename}" if err.filename else ""
+        print(f"dalidw {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -169,3 +169,23 @@ def test_train_multiworker_without_tf_config_says_so(synth_dir, tmp_path):
                              "2016..2018", "--strategy", "multiworker", "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, env=env_free, timeout=300)
     assert result.returncode == 2 and "needs TF_CONFIG" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0"], "--epochs: expected a number >= 1, got '0'"),
+    (["show", "--batch", "0", "--epoch", "-3"], "--epoch: expected a number >= 0, got '-3'"),
+    (["show", "--batch", "0", "--batch-size", "0"], "--batch-size: expected a number >= 1"),
+])
+def test_out_of_range_numbers_are_refused_before_any_work(synth_dir, args, message):
+    command, *rest = args
+    result = dalidw(command, synth_dir / "tiles.csv", synth_dir / "Images", *rest, "--labels", "2016..2018")
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_an_unwritable_output_is_one_line_with_exit_code_2(synth_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = dalidw("show", synth_dir / "tiles.csv", synth_dir / "Images", "--tile", 3, "--labels",
+                    "2016..2018", "-o", blocker / "sub" / "x.png")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and str(blocker) in result.stderr
