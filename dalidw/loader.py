@@ -21,6 +21,7 @@ from .decode import RegionDecoder
 from .devices import resolve_device
 from .feed import BatchFeed, per_replica_batch
 from .index import LAST_IMAGE, build_table
+from .nodata import NodataRule
 from .normalize import affine
 from .options import (
     check_batch_size,
@@ -92,6 +93,11 @@ class SequenceDataLoader:
             regions, so that a cache smaller than the dataset decodes each region image about once
             per epoch. "auto": as many regions as ``cache_bytes`` holds; None (default): shuffle
             all tiles together.
+        nodata: invalid samples, replaced by ``nodata_fill`` in each decoded image before anything is
+            resized: a value in stored units (NaN in float images is invalid too), float("nan") for NaN
+            alone, or "tag" for each file's GDAL_NODATA tag. None (default): none; NaN in an image
+            is then reported once per file.
+        nodata_fill: what invalid samples become, in stored units (before normalization).
         max_image_pixels: largest image accepted, height x width in pixels, checked from the headers
             before anything is decoded (a guard against decompression bombs).
         device_cache_bytes: with device "gpu", bound of the region stacks kept in GPU memory, in
@@ -136,6 +142,8 @@ class SequenceDataLoader:
         locality: int | str | None = None,
         device_cache_bytes: int | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        nodata: float | str | None = None,
+        nodata_fill: float = 0.0,
         shard_id: int = 0,
         num_shards: int = 1,
     ):
@@ -154,6 +162,7 @@ class SequenceDataLoader:
         if self.split_last and len(self.labels) < 2:
             raise ValueError(f"target='{LAST_IMAGE}' needs at least 2 labels. Received: labels={self.labels!r}")
         self.random_seed = check_seed(random_seed)
+        nodata_rule = NodataRule.from_options(nodata, nodata_fill)
         self._device_fixed = device != "auto"
         self.device, self.device_id = resolve_device(device)
         self.num_threads = int(num_threads or os.cpu_count() or 1)
@@ -166,7 +175,8 @@ class SequenceDataLoader:
         decoder = RegionDecoder(dtype=self.images.dtype, device=self.device, device_id=self.device_id,
                                 num_threads=self.num_threads, verify=verify_decode, slow_path=self.images.slow_path)
         decoder.warn_slow_path(list(self.images.slow_path))
-        store = RegionStore(self.images, decoder, self.channels, cache_bytes)
+        nodata_rule.check_dtype(self.images.dtype)
+        store = RegionStore(self.images, decoder, self.channels, cache_bytes, nodata_rule)
         regions = np.array([self.images.region_index[r] for r in self.table.region_ids], dtype=np.int64)
         self.locality = store.regions_within(cache_bytes) if locality == "auto" else locality
         order = EpochOrder(len(self.table), self.batch_size, seed=self.random_seed, shuffle=self.shuffle,

@@ -21,6 +21,7 @@ import numpy as np
 from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .errors import DecodeError
+from .nodata import NodataRule
 from .validate import ImageSet
 
 
@@ -76,10 +77,14 @@ class RegionStore:
         decoder: decodes whole images.
         channels: which channels to keep.
         cache_bytes: bound of the cache of stacks, in bytes.
+        nodata: which samples are invalid and what they become, applied once per decoded image.
     """
 
-    def __init__(self, images: ImageSet, decoder: RegionDecoder, channels: ChannelSpec, cache_bytes: int):
+    def __init__(self, images: ImageSet, decoder: RegionDecoder, channels: ChannelSpec, cache_bytes: int,
+                 nodata: NodataRule | None = None):
         self.images = images
+        self.nodata = nodata or NodataRule()
+        self._nan_reported: set[str] = set()
         self.decoder = decoder
         self.channels = channels
         self.cache = RegionCache(cache_bytes)
@@ -137,6 +142,7 @@ class RegionStore:
                 if image.shape[2] != self.images.channels:
                     raise DecodeError(path, f"has {image.shape[2]} band(s) now; it had {self.images.channels} when "
                                             "the loader was built (was the file replaced?)")
+                image = self.nodata.apply(image, path, self.images.nodata.get(path), self._nan_reported)
                 picked = self.channels.select(image, path)
                 stack[t, : picked.shape[0], : picked.shape[1]] = picked
         return stack

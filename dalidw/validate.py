@@ -13,6 +13,7 @@ import tifffile
 from .bands import DTYPE_RANGES, ChannelSpec
 from .errors import DataError, shown
 from .index import TileTable, key_text
+from .nodata import GDAL_NODATA_TAG, tag_value
 
 #: Photometric interpretations that DALI's decoder converts instead of giving the stored bands.
 CONVERTED_PHOTOMETRICS = ("MINISWHITE", "SEPARATED", "CIELAB", "ICCLAB", "ITULAB", "YCBCR")
@@ -36,6 +37,7 @@ class ImageInfo:
     photometric: str = "MINISBLACK"
     bits: int = 8
     jpeg: bool = False
+    nodata: float | None = None
 
     def slow_path_reason(self) -> str | None:
         """Why DALI's TIFF decoder cannot read this image as stored (so tifffile must), or None.
@@ -70,6 +72,7 @@ class ImageSet:
         dtype: the sample type of every image.
         channels: the band count of every image.
         slow_path: path -> why DALI cannot decode it, for the images a CPU decoder must read.
+        nodata: path -> the value of its GDAL_NODATA tag, for the images that carry one.
     """
 
     paths: np.ndarray
@@ -79,6 +82,7 @@ class ImageSet:
     dtype: np.dtype
     channels: int
     slow_path: dict[str, str]
+    nodata: dict[str, float]
 
 
 def image_path(image_dir: str | os.PathLike, label: Any, region_id: str, extension: str) -> str:
@@ -103,9 +107,11 @@ def read_header(path: str) -> ImageInfo:
             photometric = getattr(page.photometric, "name", str(page.photometric))
             bits = int(page.bitspersample)
             jpeg = int(page.compression) in (6, 7)
+            tag = page.tags.get(GDAL_NODATA_TAG)
+            nodata = tag_value(tag.value if tag is not None else None)
     except Exception as err:  # tifffile raises many kinds for a broken file
         raise ValueError(f"not a readable TIFF ({type(err).__name__}: {err})") from None
-    return ImageInfo(height, width, channels, dtype, planar, tile_shape, photometric, bits, jpeg)
+    return ImageInfo(height, width, channels, dtype, planar, tile_shape, photometric, bits, jpeg, nodata)
 
 
 def check_images(
@@ -187,4 +193,5 @@ def check_images(
     any_info = next(iter(infos.values()))
     slow_path = {paths[key]: reason for key, info in infos.items() if (reason := info.slow_path_reason())}
     return ImageSet(paths=paths, heights=heights, widths=widths, region_index=region_index, dtype=any_info.dtype,
-                    channels=any_info.channels, slow_path=slow_path)
+                    channels=any_info.channels, slow_path=slow_path,
+                    nodata={paths[key]: info.nodata for key, info in infos.items() if info.nodata is not None})

@@ -81,7 +81,8 @@ def test_nan_stays_in_its_own_pixel_when_the_box_has_the_output_size(tmp_path):
     image = np.random.default_rng(3).random((12, 16, 3)).astype(np.float32)
     image[5, 6, 1] = np.nan
     image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib")
-    frame, _ = first_frame(image_dir)
+    with pytest.warns(RuntimeWarning, match="holds 1 NaN sample"):
+        frame, _ = first_frame(image_dir)
     np.testing.assert_array_equal(np.argwhere(np.isnan(frame)), [[5, 6, 1]])
     np.testing.assert_array_equal(frame, image)
     audited, _ = first_frame(image_dir, verify_decode=True)  # NaN == NaN for the audit
@@ -143,3 +144,51 @@ def test_a_bad_start_epoch_is_refused_before_iterating(tmp_path, start_epoch):
     ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu")
     with pytest.raises(ValueError, match="Expected an epoch to be an int >= 0"):
         ld.dataset(start_epoch=start_epoch)
+
+
+def nan_image() -> np.ndarray:
+    image = np.random.default_rng(4).random((12, 16, 3)).astype(np.float32)
+    image[5, 6, 1] = np.nan
+    return image
+
+
+def test_nan_in_an_image_is_reported_once_per_file_without_a_nodata_rule(tmp_path):
+    image_dir = write_region(tmp_path, nan_image(), photometric="rgb")
+    with pytest.warns(RuntimeWarning, match=r"7\.tif holds 1 NaN sample\(s\).*nodata="):
+        x, _ = first_frame(image_dir, box=(0, 0, 16, 12))
+    assert np.isnan(x).sum() == 1
+
+
+def test_nodata_nan_fills_nan_before_resizing_so_nothing_smears(tmp_path):
+    image = nan_image()
+    image_dir = write_region(tmp_path, image, photometric="rgb")
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu", batch_size=1, dim=(6, 8),
+                            nodata=float("nan"), nodata_fill=0.5)
+    x, _ = ld[0]
+    assert not np.isnan(x).any()
+    filled = np.where(np.isnan(image), np.float32(0.5), image)
+    write_region(tmp_path / "filled", filled, photometric="rgb")
+    reference = SequenceDataLoader(YEARS, table(), os.path.join(tmp_path, "filled", "Images"), device="cpu",
+                                   batch_size=1, dim=(6, 8))
+    np.testing.assert_array_equal(x, reference[0][0])
+
+
+def test_nodata_tag_takes_each_files_gdal_nodata_value(tmp_path):
+    image = np.random.default_rng(5).integers(0, 200, (12, 16), dtype=np.uint8)
+    image[3, 4] = 255
+    image_dir = write_region(tmp_path, image, photometric="minisblack", extratags=[(42113, "s", 0, "255", True)])
+    frame, _ = first_frame(image_dir, n_channels=1, normalize=False, nodata="tag", nodata_fill=7)
+    expected = image.astype(np.float32)
+    expected[3, 4] = 7
+    np.testing.assert_array_equal(frame[..., 0], expected)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"nodata": "auto"}, "Expected `nodata` to be None, a number"),
+    ({"nodata": 0, "nodata_fill": float("inf")}, "Expected `nodata_fill` to be a finite number"),
+    ({"nodata": 0, "nodata_fill": 300}, r"`nodata_fill`=300 is not a uint8 sample"),
+])
+def test_bad_nodata_options_are_named(tmp_path, kw, message):
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match=message):
+        SequenceDataLoader(YEARS, table(), image_dir, device="cpu", **kw)
