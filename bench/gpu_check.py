@@ -1,6 +1,6 @@
 """The GPU check: does dalidw's graph run on the GPU, agree with the CPU, and how fast is it?
 
-    python bench/gpu_check.py [--out check.json]      # on a machine with one NVIDIA GPU, under 5 minutes
+    python bench/gpu_check.py [--out check.json]      # on a machine with one NVIDIA GPU (sized for minutes)
     python bench/gpu_check.py --self-test             # the same mechanics on the CPU (CI runs this)
 
 Part (a) needs numpy, pandas, tifffile, DALI and (on a GPU) CuPy, not TensorFlow:
