@@ -112,8 +112,8 @@ class BatchFeed:
             int32 (b,), "target" float32 (b,) or (b, k).
         """
         names = self.spec.inputs if names is None else names
-        codes = np.zeros(len(positions), dtype=np.int8) if codes is None else codes
-        transpose, flip_h, flip_v = as_graph_ops(codes)
+        if {TRANSPOSE, FLIP_H, FLIP_V} & set(names):
+            transpose, flip_h, flip_v = as_graph_ops(np.zeros(len(positions), np.int8) if codes is None else codes)
         out: dict[str, Any] = {}
         for name in names:
             if name == FRAMES:

@@ -136,7 +136,6 @@ class EpochOrder:
         self.num_shards = int(num_shards)
         self.batch_sizes = shard_batch_sizes(self.n_tiles, self.batch_size, shard_id=self.shard_id,
                                              num_shards=self.num_shards)
-        self._starts = np.concatenate([[0], np.cumsum(self.batch_sizes)])
         self._memo: dict[tuple[str, int], np.ndarray | None] = {}
         self._lock = threading.Lock()
 
@@ -182,12 +181,9 @@ class EpochOrder:
         """
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int, got {type(index).__name__}")
-        count = len(self)
-        index = int(index) + (count if index < 0 else 0)
-        if not 0 <= index < count:
-            raise IndexError(f"batch index {index} is out of range for {count} batches per epoch")
-        shard = self.epoch(epoch)[self.shard_id :: self.num_shards]
-        return shard[self._starts[index] : self._starts[index + 1]]
+        index = int(index) + (len(self) if index < 0 else 0)
+        return batch_positions(self.epoch(epoch), index, self.batch_size, shard_id=self.shard_id,
+                               num_shards=self.num_shards)
 
     def codes(self, epoch: int, positions: np.ndarray) -> np.ndarray | None:
         """int8 (b,) augmentation transform of each tile at ``positions`` in ``epoch``, or None."""
