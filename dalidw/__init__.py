@@ -3,6 +3,7 @@
 from .errors import DataError, DecodeError, DeviceUnavailableError, SlowPathWarning
 from .index import parse_box
 from .loader import SequenceDataLoader
+from .tiles import TileReport, build_tiles, write_table
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,9 @@ __all__ = [
     "DeviceUnavailableError",
     "SequenceDataLoader",
     "SlowPathWarning",
+    "TileReport",
     "__version__",
+    "build_tiles",
     "parse_box",
+    "write_table",
 ]

@@ -1,4 +1,4 @@
-"""The ``dalidw`` command: synth, check, show, train, demo and bench.
+"""The ``dalidw`` command: synth, tiles, check, show, train, demo and bench.
 
 Exit codes: 0 success, 2 bad arguments or bad data, 1 any other failure.
 """
@@ -104,10 +104,50 @@ def cmd_synth(args) -> int:
     bands = args.bands if args.bands is not None else (10 if args.kind == "sentinel" else 3)
     spec = SynthSpec(regions=args.regions, height=args.size[0], width=args.size[1], tile=args.tile,
                      years=args.labels, layout=args.layout, seed=args.seed, kind=args.kind, bands=bands,
-                     planar=args.planar)
+                     planar=args.planar, class_maps=args.class_maps)
     table = write_dataset(args.out_dir, spec, progress=True)
+    maps = ", ClassMaps/" if args.class_maps else ""
     print(f"wrote {table.tile_id.nunique()} tiles of {spec.regions} regions, {len(spec.years)} years, "
-          f"to {args.out_dir} (tiles.csv, Images/)")
+          f"to {args.out_dir} (tiles.csv, Images/{maps})")
+    return 0
+
+
+def parse_tile(values: Sequence[str]) -> tuple[int, int]:
+    """['32'] or ['32x48'] or ['32', '48'] -> (height, width)."""
+    if len(values) == 2:
+        return parse_dim(f"{values[0]}x{values[1]}")
+    if len(values) == 1:
+        return parse_dim(values[0])
+    raise argparse.ArgumentTypeError(f"expected H W, HxW or SIZE, got {' '.join(values)!r}")
+
+
+def cmd_tiles(args) -> int:
+    from .tiles import build_tiles, write_table
+
+    try:
+        tile = parse_tile(args.tile)
+        stride = parse_tile(args.stride) if args.stride else None
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--tile/--stride: {err}") from None
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise OSError(13, "the output folder does not exist or cannot be written", folder)
+    table, report = build_tiles(args.image_dir, tile, stride=stride, targets=args.target or (),
+                                target_dir=args.target_images, labels=args.labels, nodata=args.nodata,
+                                max_nodata=args.max_nodata, split=args.split, fractions=args.split_fractions,
+                                seed=args.seed, progress=True)
+    write_table(table, args.output)
+    print(f"wrote {args.output}: {report.tiles} tiles x {len(report.labels)} labels of {report.regions} region(s)")
+    if report.nodata_skipped:
+        print(f"skipped {report.nodata_skipped} of {report.grid_tiles} tiles holding more than "
+              f"{args.max_nodata:g} nodata (--max-nodata)")
+    if args.split:
+        shares = ", ".join(f"{name} {count}" for name, count in report.splits.items())
+        print(f"split {args.split}: {shares} tiles" + (f"; {report.buffer_dropped} buffer tiles dropped between "
+                                                      "blocks of different splits" if report.buffer_dropped else ""))
+        if args.split == "random":
+            print("note: a random split of tiles puts neighbouring, nearly identical pixels in train and "
+                  "validation; prefer --split blocks:N or region")
     return 0
 
 
@@ -197,7 +237,7 @@ def cmd_bench(args) -> int:
 
 def _report_training(result, out: str) -> None:
     beats = "beats" if result.val_mae < result.baseline_mae else "does NOT beat"
-    print(f"\ntrained on {result.train_tiles} tiles, validated on {result.val_tiles} tiles of other regions")
+    print(f"\ntrained on {result.train_tiles} tiles, validated on {result.val_tiles} tiles (split {result.split})")
     print(f"validation MAE {result.val_mae:.4f}; mean baseline {result.baseline_mae:.4f}: the model {beats} it")
     print(f"model:  {result.model_path}\nlog:    {result.log_path}\ncurves: {result.curves_path}")
 
@@ -206,6 +246,8 @@ def cmd_train(args) -> int:
     from .train import train
 
     data = _read_csv(args.csv)
+    if "split" in data.columns:
+        print("using the table's split column: training on its 'train' rows, validating on its 'val' rows")
     result = train(data, args.image_dir, args.labels, args.out, epochs=args.epochs, batch_size=args.batch_size,
                    dim=args.dim, device=args.device, seed=args.seed, strategy=args.strategy,
                    **channel_options(args))
@@ -274,9 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "sentinel: uint16 reflectance")
     p.add_argument("--bands", type=int, help="bands of --kind sentinel (4 to 13, default 10) or rgb (1 or 3)")
     p.add_argument("--planar", action="store_true", help="write bands planar-separate")
+    p.add_argument("--class-maps", action="store_true", help="also write each image's class map to ClassMaps/ "
+                                                             "(uint8 class ids, for dalidw tiles --target-images)")
     p.add_argument("--seed", type=int, default=0)
     labels_arg(p)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("tiles", help="build the tiles table (grid, targets, bounds, split) from region images")
+    p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
+    p.add_argument("-o", "--output", default="tiles.csv")
+    p.add_argument("--tile", nargs="+", required=True, metavar="H [W]", help="tile height and width in pixels: "
+                   "H W, HxW or one size")
+    p.add_argument("--stride", nargs="+", metavar="H [W]", help="pixels between tiles (default: the tile size)")
+    p.add_argument("--target", action="append", metavar="[NAME=]KIND:ARG",
+                   help="fraction:CLASS[,CLASS...] (share of those class ids), change:CLASS[,...] (last minus "
+                        "first label), mean:BAND; repeat for several columns; the first is named 'target'")
+    p.add_argument("--target-images", help="folder of the images targets are computed from (same layout), "
+                                           "e.g. class maps beside RGB inputs")
+    p.add_argument("--nodata", type=float, help="a sample value marking invalid pixels (besides NaN and the "
+                                                "files' GDAL nodata tag)")
+    p.add_argument("--max-nodata", type=float, default=0.0, help="skip tiles with a larger share of invalid "
+                                                                 "pixels (default 0: any)")
+    p.add_argument("--split", help="add a split column: region (whole regions), blocks:N (blocks of NxN tiles, "
+                                   "a one-tile buffer dropped between splits) or random (leaks; by name only)")
+    p.add_argument("--split-fractions", default="0.7,0.15,0.15", help="train,val[,test] shares")
+    p.add_argument("--seed", type=int, default=0, help="the split follows from it")
+    p.add_argument("--labels", type=parse_labels, help="labels in frame order (default: every folder of "
+                                                         "IMAGE_DIR, in numeric order)")
+    p.set_defaults(func=cmd_tiles)
 
     p = sub.add_parser("check", help="check a tiles CSV against its images (headers only)")
     p.add_argument("csv")

@@ -48,6 +48,8 @@ class SynthSpec:
             colours), "label" (one uint8 band of class ids 0-8), "probability" (nine float32 class
             probability bands that sum to 1), "sentinel" (uint16 reflectance, 0-10000).
         planar: write bands planar-separate (one plane per band) instead of interleaved.
+        class_maps: also write each image's class map (uint8 class ids, georeferenced) to
+            ``ClassMaps/{year}/{region_id}.tif``, as Dynamic World's label band, to compute targets from.
     """
 
     regions: int = 4
@@ -61,6 +63,7 @@ class SynthSpec:
     seed: int = 0
     kind: str = "rgb"
     planar: bool = False
+    class_maps: bool = False
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -105,8 +108,10 @@ GEOTIFF_TAGS = [
     (33550, "d", 3, (10.0, 10.0, 0.0), False),
     (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), False),
     (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), False),
-    (42113, "s", 0, "0", False),
 ]
+#: GDAL's nodata tag as Sentinel-2 exports carry it (reflectance 0 marks no data); class maps,
+#: where 0 is a class (water), carry none.
+SENTINEL_NODATA_TAG = (42113, "s", 0, "0", False)
 
 
 def render(classes: np.ndarray, spec: SynthSpec, rng: np.random.Generator) -> np.ndarray:
@@ -142,12 +147,13 @@ def _tiff_options(image: np.ndarray, spec: SynthSpec) -> dict:
         photometric = "rgb" if spec.kind == "rgb" and bands == 3 else "minisblack"
         options.update(data=image, photometric=photometric, planarconfig="contig")
     if spec.kind != "rgb":
-        options["extratags"] = GEOTIFF_TAGS
+        options["extratags"] = GEOTIFF_TAGS + ([SENTINEL_NODATA_TAG] if spec.kind == "sentinel" else [])
     return options
 
 
 def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, progress: bool = False) -> pd.DataFrame:
-    """Write ``out_dir/Images/{year}/{region_id}.tif`` and ``out_dir/tiles.csv``.
+    """Write ``out_dir/Images/{year}/{region_id}.tif`` and ``out_dir/tiles.csv`` (and ``ClassMaps/``
+    with ``spec.class_maps``).
 
     Returns:
         the tiles table (long format: tile_id, region_id, label_id, target, region_coordinates),
@@ -180,6 +186,11 @@ def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, 
             os.makedirs(folder, exist_ok=True)
             image = render(maps[t], spec, rng)
             tifffile.imwrite(os.path.join(folder, f"{region_id}.tif"), **_tiff_options(image, spec))
+            if spec.class_maps:
+                maps_folder = os.path.join(out_dir, "ClassMaps", str(year))
+                os.makedirs(maps_folder, exist_ok=True)
+                tifffile.imwrite(os.path.join(maps_folder, f"{region_id}.tif"), maps[t], compression="zlib",
+                                 tile=(256, 256), photometric="minisblack", extratags=GEOTIFF_TAGS)
         for y0 in range(0, spec.height - tile_h + 1, tile_h):
             for x0 in range(0, spec.width - tile_w + 1, tile_w):
                 box = (x0, y0, x0 + tile_w, y0 + tile_h)

@@ -1,5 +1,6 @@
 """The seed's task: a ConvLSTM reads a tile's yearly sequence and regresses its last-year
-urbanization rate. Validation is split by region, and compared with a mean baseline."""
+urbanization rate. Validation follows the table's ``split`` column (``dalidw tiles --split``), else
+is split by region, and is compared with a mean baseline."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from .loader import SequenceDataLoader
 
 
@@ -26,6 +28,7 @@ class TrainResult:
     curves_path: str
     train_tiles: int
     val_tiles: int
+    split: str = "by region"
 
 
 def split_by_region(data: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -38,6 +41,22 @@ def split_by_region(data: pd.DataFrame, val_fraction: float = 0.25, seed: int = 
     val_regions = set(rng.permutation(regions)[:n_val].tolist())
     is_val = data["region_id"].isin(val_regions)
     return data[~is_val], data[is_val]
+
+
+def split_by_column(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) tables from the ``split`` column's "train" and "val" rows; "test" and
+    empty rows (buffer tiles) are left out.
+
+    Raises:
+        DataError: other values in the column, or no "train" or no "val" rows.
+    """
+    values = data["split"].fillna("").astype(str).str.strip()
+    unknown = sorted(set(values) - {"train", "val", "test", ""})
+    problems = [f"split value {v!r} is not train, val or test" for v in unknown[:10]]
+    problems += [f"no row has split == {name!r}" for name in ("train", "val") if not (values == name).any()]
+    if problems:
+        raise DataError(problems, context="the table's split column cannot be used")
+    return data[values == "train"], data[values == "val"]
 
 
 def build_model(frames: int, dim: tuple[int, int], channels: int, filters: int = 16):
@@ -160,7 +179,12 @@ def train(
         out_dir = os.path.join(out_dir, f"worker-{dist.cluster_resolver.task_id}")
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    train_df, val_df = split_by_region(data, seed=seed)
+    if "split" in data.columns:
+        train_df, val_df = split_by_column(data)
+        how = "by the table's split column"
+    else:
+        train_df, val_df = split_by_region(data, seed=seed)
+        how = "by region"
     common = dict(dim=dim, batch_size=batch_size, device=device, random_seed=seed, **loader_options)
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
@@ -205,7 +229,7 @@ def train(
         val_mae=float(np.abs(preds - targets).mean()),
         baseline_mae=float(np.abs(train_mean - targets).mean()),
         model_path=model_path, log_path=log_path, curves_path=curves_path,
-        train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles,
+        train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles, split=how,
     )
 
 
