@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from .errors import DataError, DeviceUnavailableError
+from .errors import DataError, DecodeError, DeviceUnavailableError
 
 
 def parse_labels(text: str) -> list[int] | list[str]:
@@ -45,12 +45,14 @@ def parse_bands(text: str) -> list[int]:
 
 
 def channel_options(args) -> dict:
-    """The loader's channel options from --bands, --num-classes and --scale."""
+    """The loader's options from --bands, --num-classes, --scale and --allow-outside-links."""
     options = {}
     for name in ("bands", "num_classes", "scale"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
+    if getattr(args, "allow_outside_links", False):
+        options["allow_outside_links"] = True
     return options
 
 
@@ -151,6 +153,21 @@ def cmd_tiles(args) -> int:
     return 0
 
 
+def damaged_images(paths: Sequence[str]) -> list[str]:
+    """Every image of ``paths`` with a damaged strip or tile, one line each (what the loader would raise)."""
+    from tqdm.auto import tqdm
+
+    from .decode import check_segments
+
+    problems = []
+    for path in tqdm(paths, desc="dalidw: checking strips and tiles", unit="file", leave=False):
+        try:
+            check_segments(path)
+        except DecodeError as err:
+            problems += err.problems
+    return problems
+
+
 def cmd_check(args) -> int:
     from .loader import SequenceDataLoader
 
@@ -165,14 +182,21 @@ def cmd_check(args) -> int:
     if args.decode:
         from tqdm.auto import tqdm
 
+        problems = damaged_images([str(p) for p in loader.images.paths.ravel()])
+        if problems:
+            raise DataError(problems, context="images with damaged strips or tiles")
         for index in tqdm(range(len(loader)), desc="dalidw: decoding", unit="batch", leave=False):
             loader[index]
-        print(f"decoded {loader.decoded_images} images: all sound")
+        print(f"decoded {loader.decoded_images} images, every strip and tile checked: all sound")
     if loader.slow_path:
         reasons = sorted(set(loader.slow_path.values()))
         print(f"{len(loader.slow_path)} image(s) take the slow path (tifffile on the CPU, same pixels): "
               + "; ".join(reasons))
-    print("no problems found")
+    if args.decode:
+        print("no problems found")
+    else:
+        print("no problems found in the table and the image headers; no pixel was decoded, so damaged strips or "
+              "tiles are not found: --decode checks them and decodes every image, as training would")
     return 0
 
 
@@ -300,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bands", type=parse_bands, help="0-based bands to pick from multi-band images, e.g. 3,2,1")
         p.add_argument("--num-classes", type=int, help="one-hot encode a single-band class map to K channels")
         p.add_argument("--scale", type=float, help="divide by this instead of the sample type's range")
+        p.add_argument("--allow-outside-links", action="store_true",
+                       help="read images that symbolic links inside IMAGE_DIR lead out of it to")
 
     def labels_arg(p):
         p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),
@@ -345,11 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "IMAGE_DIR, in numeric order)")
     p.set_defaults(func=cmd_tiles)
 
-    p = sub.add_parser("check", help="check a tiles CSV against its images (headers only)")
+    p = sub.add_parser("check", help="check a tiles CSV against its images (headers only; --decode: pixels too)")
     p.add_argument("csv")
     p.add_argument("image_dir")
     p.add_argument("--n-channels", type=int, choices=[1, 3], help="3 (RGB, the default) or 1 (gray)")
-    p.add_argument("--decode", action="store_true", help="also decode every image once and verify it")
+    p.add_argument("--decode", action="store_true",
+                   help="also check every strip and tile of every image, then decode every image once and verify it")
     channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_check)

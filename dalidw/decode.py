@@ -3,11 +3,16 @@
 DALI decodes what its TIFF decoder can read; the rest (planar-separate bands, signed samples,
 and any file DALI turns out to refuse) takes the slow path, tifffile on the CPU, with the same
 output. Each file that takes the slow path is said once, in a warning, with the reason.
+
+DALI's decoder turns a damaged strip or tile into zeros or garbage without failing, so the bytes
+it gets are checked first, segment by segment (:func:`check_segments`).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,9 +41,11 @@ class RegionDecoder:
         verify: decode every image a second time with tifffile and compare.
         slow_path: path -> reason, for images known (from their headers) to need tifffile.
 
-    DALI's TIFF decoder fills what it cannot decode with zeros instead of failing; an image
-    that decodes to all zeros is therefore decoded again with tifffile, which does fail.
-    ``verify=True`` extends that check to every image.
+    DALI's TIFF decoder fills what it cannot decode with zeros (or garbage) instead of failing.
+    The encoded bytes of every file are therefore checked segment by segment before DALI gets
+    them (:func:`check_segments`), once per file content: later decodes of the same bytes only
+    compare a CRC-32. An image that decodes to all zeros is also decoded again with tifffile,
+    which does fail; ``verify=True`` extends that to every image.
     """
 
     def __init__(self, *, dtype: np.dtype, device: str, device_id: int | None, max_batch: int = 8,
@@ -51,6 +58,7 @@ class RegionDecoder:
         self.max_batch = max_batch
         self.num_threads = num_threads
         self.verify = verify
+        self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
         self.backend = "mixed" if device == "gpu" else "cpu"
         try:
             self._pipe = self._build()
@@ -86,8 +94,8 @@ class RegionDecoder:
         pipe.build()
         return pipe
 
-    def _run(self, encoded: list[np.ndarray]) -> list[np.ndarray]:
-        self._pipe.feed_input("encoded", encoded)
+    def _run(self, encoded: list[bytes]) -> list[np.ndarray]:
+        self._pipe.feed_input("encoded", [np.frombuffer(e, dtype=np.uint8) for e in encoded])
         (out,) = self._pipe.run()
         if self.backend == "mixed":
             out = out.as_cpu()
@@ -104,14 +112,14 @@ class RegionDecoder:
             one array per path, (height, width, bands) of ``dtype``.
 
         Raises:
-            DecodeError: naming the first file that cannot be decoded, or whose decoded
-                size differs from its header.
+            DecodeError: naming the first file that cannot be decoded, that has a damaged
+                strip or tile, or whose decoded size differs from its header.
         """
         results: dict[int, np.ndarray] = {}
         fast = [i for i, p in enumerate(paths) if p not in self.slow_path] if self._pipe is not None else []
         for start in range(0, len(fast), self.max_batch):
             chunk = fast[start : start + self.max_batch]
-            encoded = [_read_bytes(paths[i]) for i in chunk]
+            encoded = [self._read_checked(paths[i]) for i in chunk]
             try:
                 decoded = self._run(encoded)
             except Exception as err:
@@ -140,7 +148,16 @@ class RegionDecoder:
             out.append(image)
         return out
 
-    def _decode_one(self, path: str, encoded: np.ndarray) -> np.ndarray | None:
+    def _read_checked(self, path: str) -> bytes:
+        """The bytes of ``path``, their strips or tiles checked unless these very bytes passed before."""
+        encoded = _read_bytes(path)
+        key = (len(encoded), zlib.crc32(encoded))
+        if self._sound.get(path) != key:
+            check_segments(path, encoded)
+            self._sound[path] = key
+        return encoded
+
+    def _decode_one(self, path: str, encoded: bytes) -> np.ndarray | None:
         """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
         try:
             return self._run([encoded])[0]
@@ -163,11 +180,48 @@ class RegionDecoder:
                       "loader.slow_path lists them all.", SlowPathWarning, stacklevel=4)
 
 
-def _read_bytes(path: str) -> np.ndarray:
+def _read_bytes(path: str) -> bytes:
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as file:
+            return file.read()
     except OSError as err:
         raise DecodeError(path, f"cannot read the file: {err.strerror}") from None
+
+
+def check_segments(path: str, encoded: bytes | None = None) -> None:
+    """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (default: read ``path``).
+
+    Each segment is decompressed by tifffile's codecs and must give the size its header implies;
+    deflate streams must also match their Adler-32 checksum. Empty segments (byte count 0, the
+    "sparse" tiles of GDAL) are not damage. Compressions tifffile cannot decode are not checked.
+
+    Raises:
+        DecodeError: naming the file and the first damaged strip or tile.
+    """
+    import tifffile
+
+    encoded = _read_bytes(path) if encoded is None else encoded
+    try:
+        with tifffile.TiffFile(io.BytesIO(encoded)) as tif:
+            page = tif.pages.first
+            if page.compression != 1 and page.compression not in tifffile.TIFF.DECOMPRESSORS:
+                return
+            kind = "tile" if page.is_tiled else "strip"
+            offsets, counts = page.dataoffsets, page.databytecounts
+            decode, tables = page.decode, page.jpegtables
+    except Exception as err:  # tifffile raises many kinds for a broken header
+        raise DecodeError(path, f"not a readable TIFF ({type(err).__name__}: {err})") from None
+    for index, (offset, count) in enumerate(zip(offsets, counts)):
+        if count == 0:
+            continue
+        where = f"{kind} {index} of {len(offsets)}"
+        if offset + count > len(encoded):
+            raise DecodeError(path, f"{where} ends at byte {offset + count}, beyond the end of the file "
+                                    f"({len(encoded)} bytes); the file is truncated")
+        try:
+            decode(encoded[offset : offset + count], index, jpegtables=tables)
+        except Exception as err:  # the codecs raise their own kinds
+            raise DecodeError(path, f"{where} is damaged: {type(err).__name__}: {err}") from None
 
 
 def read_with_tifffile(path: str) -> np.ndarray:

@@ -102,6 +102,9 @@ class SequenceDataLoader:
             before anything is decoded (a guard against decompression bombs).
         device_cache_bytes: with device "gpu", bound of the region stacks kept in GPU memory, in
             bytes; None (default): half of the GPU memory free when the loader is built.
+        allow_outside_links: read images that symbolic links inside ``image_dir`` lead out of it to.
+            False (default): such images are refused by name when the loader is built, and again
+            before each decode.
         shard_id, num_shards: this loader sees shard ``shard_id`` of ``num_shards`` of every epoch:
             every ``num_shards``-th tile of the epoch order. Over all shards every tile appears
             once per epoch, and all shards have the same number of batches.
@@ -144,6 +147,7 @@ class SequenceDataLoader:
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         nodata: float | str | None = None,
         nodata_fill: float = 0.0,
+        allow_outside_links: bool = False,
         shard_id: int = 0,
         num_shards: int = 1,
     ):
@@ -171,7 +175,7 @@ class SequenceDataLoader:
         norm = dict(normalize=self.normalize and not self.channels.num_classes, scale=scale, mean=mean, std=std)
         affine(np.dtype("uint8"), self.channels.kept, **norm)  # bad options fail before any file is read
         self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress,
-                                   max_pixels=max_image_pixels)
+                                   max_pixels=max_image_pixels, allow_outside_links=bool(allow_outside_links))
         decoder = RegionDecoder(dtype=self.images.dtype, device=self.device, device_id=self.device_id,
                                 num_threads=self.num_threads, verify=verify_decode, slow_path=self.images.slow_path)
         decoder.warn_slow_path(list(self.images.slow_path))

@@ -22,7 +22,7 @@ from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .errors import DecodeError
 from .nodata import NodataRule
-from .validate import ImageSet
+from .validate import ImageSet, link_outside
 
 
 class RegionCache:
@@ -132,6 +132,10 @@ class RegionStore:
     def _decode(self, region: int) -> np.ndarray:
         labels = range(self.images.paths.shape[0])
         paths = [str(self.images.paths[t, region]) for t in labels]
+        if self.images.root is not None:  # a link may have been redirected since the loader was built
+            for path in paths:
+                if why := link_outside(path, self.images.root):
+                    raise DecodeError(path, f"it changed since the loader was built: {why}")
         shapes = [(int(self.images.heights[t, region]), int(self.images.widths[t, region])) for t in labels]
         stack = np.zeros(self.stack_shapes[region], dtype=self.dtype)
         step = self.decoder.max_batch

@@ -73,6 +73,8 @@ class ImageSet:
         channels: the band count of every image.
         slow_path: path -> why DALI cannot decode it, for the images a CPU decoder must read.
         nodata: path -> the value of its GDAL_NODATA tag, for the images that carry one.
+        root: the real path of ``image_dir`` that every image must resolve inside, or None
+            (``allow_outside_links``).
     """
 
     paths: np.ndarray
@@ -83,11 +85,21 @@ class ImageSet:
     channels: int
     slow_path: dict[str, str]
     nodata: dict[str, float]
+    root: str | None = None
 
 
 def image_path(image_dir: str | os.PathLike, label: Any, region_id: str, extension: str) -> str:
     """``image_dir/{label}/{region_id}{extension}``."""
     return os.path.join(os.fspath(image_dir), key_text(label), f"{region_id}{extension}")
+
+
+def link_outside(path: str, root: str) -> str | None:
+    """Why ``path`` reads outside the directory ``root`` (a real path) through a symbolic link, or None."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, root]) == root:
+        return None
+    return (f"{path} is a symbolic link (or lies in a linked folder) that resolves to {real}, outside image_dir "
+            f"{root}; pass allow_outside_links=True to read it")
 
 
 def read_header(path: str) -> ImageInfo:
@@ -123,12 +135,17 @@ def check_images(
     *,
     max_pixels: int = MAX_IMAGE_PIXELS,
     progress: bool | None = None,
+    allow_outside_links: bool = False,
 ) -> ImageSet:
     """Check that every label's image of every region exists, is readable and holds every box.
 
+    Every image must resolve (symbolic links followed) inside ``image_dir`` unless
+    ``allow_outside_links``.
+
     Raises:
-        DataError: listing every missing or unreadable image, every box outside its image,
-            and images whose sample type or bands cannot give the ``channels`` asked for.
+        DataError: listing every missing or unreadable image, every image a symbolic link leads
+            out of ``image_dir`` to, every box outside its image, and images whose sample type or
+            bands cannot give the ``channels`` asked for.
     """
     regions = list(dict.fromkeys(table.region_ids.tolist()))
     region_index = {r: j for j, r in enumerate(regions)}
@@ -137,6 +154,7 @@ def check_images(
     problems: list[str] = []
     if not os.path.isdir(image_dir):
         raise DataError([f"image_dir {shown(os.fspath(image_dir))} is not a directory"], context="no images found")
+    root = None if allow_outside_links else os.path.realpath(image_dir)
 
     jobs = [(t, j) for t in range(len(labels)) for j in range(len(regions))]
     disable = (not progress) if progress is not None else (len(jobs) < 200 or None)
@@ -149,6 +167,9 @@ def check_images(
         paths[t, j] = path
         if not os.path.isfile(path):
             problems.append(f"missing image for label {shown(labels[t])}, region {shown(regions[j])}: {path}")
+            continue
+        if root is not None and (why := link_outside(path, root)):
+            problems.append(f"label {shown(labels[t])}, region {shown(regions[j])}: {why}")
             continue
         try:
             infos[t, j] = read_header(path)
@@ -194,4 +215,5 @@ def check_images(
     slow_path = {paths[key]: reason for key, info in infos.items() if (reason := info.slow_path_reason())}
     return ImageSet(paths=paths, heights=heights, widths=widths, region_index=region_index, dtype=any_info.dtype,
                     channels=any_info.channels, slow_path=slow_path,
-                    nodata={paths[key]: info.nodata for key, info in infos.items() if info.nodata is not None})
+                    nodata={paths[key]: info.nodata for key, info in infos.items() if info.nodata is not None},
+                    root=root)

@@ -192,3 +192,142 @@ def test_bad_nodata_options_are_named(tmp_path, kw, message):
     image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=message):
         SequenceDataLoader(YEARS, table(), image_dir, device="cpu", **kw)
+
+
+def damage_segment(path, index: int) -> None:
+    """Overwrite 16 bytes in the middle of strip or tile ``index``'s compressed data, header kept."""
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages.first.dataoffsets[index], tif.pages.first.databytecounts[index]
+    with open(path, "r+b") as file:
+        file.seek(offset + count // 2)
+        file.write(b"\xff" * 16)
+
+
+DAMAGED_LAYOUTS = {
+    "deflate tiles": ({"compression": "zlib", "tile": (16, 16)}, "tile 5 of 16"),
+    "deflate strips": ({"compression": "zlib", "rowsperstrip": 16}, "strip 2 of 4"),
+    "lzw tiles": ({"compression": "lzw", "tile": (16, 16)}, "tile 5 of 16"),
+    "lzw strips": ({"compression": "lzw", "rowsperstrip": 16}, "strip 2 of 4"),
+}
+
+
+@pytest.mark.parametrize("layout", DAMAGED_LAYOUTS)
+def test_one_damaged_compressed_segment_is_a_decode_error_naming_file_and_segment(tmp_path, layout):
+    options, where = DAMAGED_LAYOUTS[layout]
+    image = np.random.default_rng(6).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", **options)
+    sound, _ = first_frame(image_dir, box=(0, 0, 64, 64), normalize=False)
+    np.testing.assert_array_equal(sound, tifffile.imread(os.path.join(image_dir, "2016", "7.tif")))
+    damage_segment(os.path.join(image_dir, "2017", "7.tif"), int(where.split()[1]))
+    with pytest.raises(DecodeError, match=rf"2017.7\.tif: cannot decode \({where} is damaged: "):
+        first_frame(image_dir, box=(0, 0, 64, 64))
+
+
+def test_a_truncated_file_names_the_segment_beyond_its_end(tmp_path):
+    image = np.random.default_rng(7).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib", rowsperstrip=16)
+    path = os.path.join(image_dir, "2017", "7.tif")
+    with tifffile.TiffFile(path) as tif:
+        end = max(o + c for o, c in zip(tif.pages.first.dataoffsets, tif.pages.first.databytecounts))
+    with open(path, "r+b") as file:
+        file.truncate(end - 100)
+    with pytest.raises(DecodeError, match=r"7\.tif: cannot decode \(strip 3 of 4 ends at byte \d+, beyond the end"):
+        first_frame(image_dir, box=(0, 0, 64, 64))
+
+
+def test_a_file_damaged_after_a_sound_decode_is_checked_again(tmp_path):
+    image = np.random.default_rng(8).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib", tile=(16, 16))
+    ld = SequenceDataLoader(YEARS, table(box=(0, 0, 64, 64)), image_dir, device="cpu", batch_size=1, cache_bytes=0,
+                            dim=(64, 64), normalize=False)
+    np.testing.assert_array_equal(ld[0][0][0, 1], image)
+    damage_segment(os.path.join(image_dir, "2017", "7.tif"), 3)
+    with pytest.raises(DecodeError, match=r"2017.7\.tif: cannot decode \(tile 3 of 16 is damaged"):
+        ld[0]
+
+
+def test_check_finds_every_damaged_file_with_decode_and_says_headers_only_without(tmp_path, capfd):
+    from dalidw.cli import main
+
+    image = np.random.default_rng(9).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib", tile=(16, 16))
+    for year in YEARS:
+        damage_segment(os.path.join(image_dir, str(year), "7.tif"), 2)
+    table(box=(0, 0, 64, 64)).to_csv(tmp_path / "tiles.csv", index=False)
+    args = [str(tmp_path / "tiles.csv"), image_dir, "--labels", "2016,2017"]
+    assert main(["check", *args]) == 0
+    assert "no pixel was decoded, so damaged strips or tiles are not found: --decode" in capfd.readouterr().out
+    assert main(["check", *args, "--decode"]) == 2
+    err = capfd.readouterr().err
+    assert "images with damaged strips or tiles (2 in all)" in err
+    for year in YEARS:
+        assert f"{os.path.join(image_dir, str(year), '7.tif')}: cannot decode (tile 2 of 16 is damaged" in err
+
+
+def test_the_tensorflow_error_of_dataset_carries_the_path_and_the_reason(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    image = np.random.default_rng(10).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib", tile=(16, 16))
+    damage_segment(os.path.join(image_dir, "2017", "7.tif"), 4)
+    ld = SequenceDataLoader(YEARS, table(box=(0, 0, 64, 64)), image_dir, device="cpu", batch_size=1, dim=(8, 8))
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        next(iter(ld.dataset()))
+    message = str(caught.value)
+    path = os.path.join(image_dir, "2017", "7.tif")
+    expected = f"DecodeError: dalidw could not decode an image (1 in all):\n  - {path}: cannot decode (tile 4 of 16"
+    assert expected in message
+
+
+def link_region(root, target) -> str:
+    """Images/2016/7.tif a real file; Images/2017/7.tif a symbolic link to ``target``."""
+    image_dir = write_region(root, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    link = os.path.join(image_dir, "2017", "7.tif")
+    os.remove(link)
+    os.symlink(target, link)
+    return image_dir
+
+
+def test_a_symlink_out_of_image_dir_is_refused_unless_allowed(tmp_path):
+    outside = np.random.default_rng(11).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "secret.tif", outside, photometric="rgb")
+    image_dir = link_region(tmp_path / "data", tmp_path / "secret.tif")
+    with pytest.raises(DataError, match=r"label 2017, region '7': .*2017.7\.tif is a symbolic link .* resolves to "
+                                        r".*secret\.tif, outside image_dir .*; pass allow_outside_links=True"):
+        first_frame(image_dir)
+    frame, _ = first_frame(image_dir, normalize=False, allow_outside_links=True)
+    np.testing.assert_array_equal(frame, np.zeros((12, 16, 3)))
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu", batch_size=1, dim=(12, 16), normalize=False,
+                            allow_outside_links=True)
+    np.testing.assert_array_equal(ld[0][0][0, 1], tifffile.imread(tmp_path / "secret.tif"))
+
+
+def test_a_year_folder_linked_out_of_image_dir_is_refused(tmp_path):
+    image_dir = write_region(tmp_path / "data", np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    os.rename(os.path.join(image_dir, "2017"), tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", os.path.join(image_dir, "2017"))
+    with pytest.raises(DataError, match=r"label 2017, region '7': .*resolves to .*elsewhere.7\.tif, outside image_dir"):
+        first_frame(image_dir)
+
+
+def test_symlinks_that_stay_inside_image_dir_are_read(tmp_path):
+    image = np.random.default_rng(12).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    os.makedirs(os.path.join(image_dir, "archive"))
+    tifffile.imwrite(os.path.join(image_dir, "archive", "7.tif"), image, photometric="rgb")
+    os.remove(os.path.join(image_dir, "2017", "7.tif"))
+    os.symlink(os.path.join("..", "archive", "7.tif"), os.path.join(image_dir, "2017", "7.tif"))
+    ld = SequenceDataLoader(YEARS, table(), os.path.join(image_dir, "."), device="cpu", batch_size=1, dim=(12, 16),
+                            normalize=False)
+    np.testing.assert_array_equal(ld[0][0][0, 1], tifffile.imread(os.path.join(image_dir, "archive", "7.tif")))
+
+
+def test_a_symlink_redirected_out_of_image_dir_after_construction_is_named(tmp_path):
+    tifffile.imwrite(tmp_path / "secret.tif", np.ones((12, 16, 3), np.uint8), photometric="rgb")
+    image_dir = write_region(tmp_path / "data", np.zeros((12, 16, 3), np.uint8), photometric="rgb")
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu", batch_size=1)
+    link = os.path.join(image_dir, "2017", "7.tif")
+    os.remove(link)
+    os.symlink(tmp_path / "secret.tif", link)
+    with pytest.raises(DecodeError, match=r"2017.7\.tif: cannot decode \(it changed since the loader was built: "
+                                          r".*resolves to .*secret\.tif, outside image_dir"):
+        ld[0]
