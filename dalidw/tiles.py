@@ -443,8 +443,9 @@ def build_tiles(
         return [os.path.join(folder, key_text(label), region + extension) for label in labels]
 
     problems: list[str] = []
-    checked = [_check_region(r, paths(image_dir, r), paths(source_dir, r) if specs else [], specs, tile, problems)
-               for r in regions]
+    # without targets the "target images" are the inputs: read for nodata only, where they may hold it
+    checked = [_check_region(r, paths(image_dir, r), paths(source_dir if specs else image_dir, r), specs, tile,
+                             problems) for r in regions]
     if problems:
         raise DataError(problems, context="the images cannot be cut into tiles")
 
@@ -456,8 +457,6 @@ def build_tiles(
     for number, reg in enumerate(tqdm(checked, desc="dalidw: tiles", unit="region", disable=not progress,
                                       leave=False)):
         shape = ((reg.grid.height - tile[0]) // stride[0] + 1, (reg.grid.width - tile[1]) // stride[1] + 1)
-        if not specs:
-            reg = _Region(reg.region, reg.inputs, reg.inputs, reg.input_infos, reg.input_infos, reg.grid)
         values, worst = _region_values(reg, specs, tile, stride, shape, nodata)
         values = values.reshape(len(labels), len(specs), shape[0] * shape[1])
         rows, cols = np.indices(shape).reshape(2, -1)
