@@ -20,7 +20,6 @@ and each replica's shard has batches of ``batch_size // R``, which must divide e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -152,11 +151,3 @@ class BatchFeed:
         for slot, (region, (xmin, ymin, xmax, ymax)) in enumerate(zip(regions.tolist(), boxes)):
             out[slot, :, : ymax - ymin, : xmax - xmin] = stacks[region][:, ymin:ymax, xmin:xmax]
         return out
-
-    def stream(self, name: str, start_epoch: int) -> Iterator[Any]:
-        """Input ``name`` of every batch, epoch after epoch from ``start_epoch``, forever."""
-        epoch = start_epoch
-        while True:
-            for index in range(len(self)):
-                yield self.inputs(epoch, index, (name,))[name]
-            epoch += 1

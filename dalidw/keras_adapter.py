@@ -1,5 +1,5 @@
-"""``model.fit(loader.as_pydataset())``: anything with ``__len__``, ``__getitem__`` and
-``on_epoch_end`` as a Keras ``PyDataset``, like the old ``keras.utils.Sequence``.
+"""``model.fit(loader.as_pydataset())``: anything with ``__len__``, ``__getitem__`` and an ``epoch``
+as a Keras ``PyDataset``, like the old ``keras.utils.Sequence``.
 
 This runs the numpy path batch by batch in Keras's own loop; ``loader.dataset()`` is the faster
 hand-off, with DALI prefetching through the TensorFlow plugin.
@@ -13,26 +13,31 @@ import keras
 
 
 class BatchSource(Protocol):
-    """What the adapter needs: batches by index, and a call at each epoch's end."""
+    """What the adapter needs: batches by index of the epoch set in ``epoch``."""
+
+    epoch: int
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any: ...
 
-    def on_epoch_end(self) -> None: ...
-
 
 class SourceDataset(keras.utils.PyDataset):
-    """A ``PyDataset`` over ``source``: batch i of its current epoch, and ``on_epoch_end`` passed on.
+    """A ``PyDataset`` over ``source`` whose k-th epoch in ``fit`` reads the source's epoch
+    ``start_epoch + k``.
 
-    Keras 3's ``fit`` also calls ``on_epoch_end`` once before its first epoch, as it does for any
-    ``PyDataset``: fit's first epoch is then the source's next one. With dalidw's loader every epoch
-    is still a whole, fresh permutation, reproducible from the seed.
+    Keras tells a ``PyDataset`` when an epoch begins and ends, but not which epoch of ``fit`` it
+    is (``initial_epoch`` never reaches it), and calls ``on_epoch_end`` once more before the first
+    epoch. So the adapter counts the epochs it has begun: ``on_epoch_begin`` sets
+    ``source.epoch = start_epoch + epochs begun before``, and ``on_epoch_end`` sets it to the next
+    one. To resume at fit's epoch k, build it with ``start_epoch=k`` and pass ``initial_epoch=k``.
     """
 
-    def __init__(self, source: BatchSource):
+    def __init__(self, source: BatchSource, start_epoch: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
         self.source = source
+        self.start_epoch = start_epoch
+        self.epochs_begun = 0
 
     def __len__(self) -> int:
         return len(self.source)
@@ -40,5 +45,9 @@ class SourceDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> Any:
         return self.source[index]
 
+    def on_epoch_begin(self) -> None:
+        self.source.epoch = self.start_epoch + self.epochs_begun
+        self.epochs_begun += 1
+
     def on_epoch_end(self) -> None:
-        self.source.on_epoch_end()
+        self.source.epoch = self.start_epoch + self.epochs_begun

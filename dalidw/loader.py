@@ -290,12 +290,16 @@ class SequenceDataLoader:
 
         return make_dataset(self.feed, start_epoch=check_epoch(start_epoch))
 
-    def as_pydataset(self):
+    def as_pydataset(self, *, start_epoch: int = 0):
         """This loader as a ``keras.utils.PyDataset`` (like the old ``keras.utils.Sequence``), for
-        ``model.fit(loader.as_pydataset(), epochs=E)``. Keras calls ``on_epoch_end`` after each epoch."""
+        ``model.fit(loader.as_pydataset(), epochs=E, shuffle=False)``: fit's k-th epoch reads this
+        loader's epoch ``start_epoch + k`` (and leaves ``loader.epoch`` at the next one). To resume at
+        fit's epoch k: ``model.fit(loader.as_pydataset(start_epoch=k), initial_epoch=k, epochs=E,
+        shuffle=False)``. With ``shuffle=True`` (fit's default) Keras reads each epoch's batches in an
+        order of its own."""
         from .keras_adapter import SourceDataset
 
-        return SourceDataset(self)
+        return SourceDataset(self, check_epoch(start_epoch))
 
     def shard(self, shard_id: int, num_shards: int, *, batch_size: int | None = None,
               device: str | None = None) -> SequenceDataLoader:

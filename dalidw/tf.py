@@ -1,10 +1,10 @@
 """The hand-off to TensorFlow: a feed's DALI graph as a ``tf.data.Dataset`` through the DALI plugin.
 
 ``DALIDatasetWithInputs`` takes ``tf.data`` inputs for the graph's external sources, one whole
-batch per element. Each input is a generator over the feed's (epoch, batch) bookkeeping, so the
-streams stay aligned however far ahead TensorFlow or DALI prefetch. The DALI dataset is the last
-node: no ``tf.data`` op follows it (those run on the CPU only), the batch dimension is None, and a
-partial last batch is simply smaller.
+batch per element. Element k of each input is a pure function of k through the feed's (epoch,
+batch) bookkeeping, so the inputs stay aligned however far ahead TensorFlow or DALI prefetch. The
+DALI dataset is the last node: no ``tf.data`` op follows it (those run on the CPU only), the batch
+dimension is None, and a partial last batch is simply smaller.
 
 The plugin turns every input into a host ``tf.data`` tensor, so the graph it runs always takes
 crops cut on the host (``source="crops"``); region stacks resident on the GPU serve the graph run
@@ -62,8 +62,7 @@ def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None
     inputs = {}
     with tf.device("/cpu:0"):
         for name in spec.inputs:
-            inputs[name] = tf.data.Dataset.from_generator(_stream_of(feed, name, start_epoch),
-                                                          output_signature=signatures[name])
+            inputs[name] = _input_dataset(tf, feed, name, start_epoch, signatures[name])
     with tf.device(device):
         input_datasets = {}
         for name, ds in inputs.items():
@@ -82,8 +81,25 @@ def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None
         )
 
 
-def _stream_of(feed: BatchFeed, name: str, start_epoch: int):
-    return lambda: feed.stream(name, start_epoch)
+def _input_dataset(tf, feed: BatchFeed, name: str, start_epoch: int, signature):
+    """Input ``name`` of batch after batch from ``start_epoch`` on: element k is a pure function of k
+    (epoch ``start_epoch + k // len(feed)``, batch ``k % len(feed)``).
+
+    A counter mapped through ``numpy_function`` rather than ``from_generator``: nothing is left to
+    finalize in Python when an iterator outlives the interpreter (``from_generator`` then logs
+    "Error occurred when finalizing GeneratorDataset iterator ... [[{{node PyFunc}}]]").
+    """
+    batches = len(feed)
+
+    def batch_input(step: np.int64) -> np.ndarray:
+        epoch, index = divmod(int(step), batches)
+        return np.asarray(feed.inputs(start_epoch + epoch, index, (name,))[name])
+
+    def element(step):
+        value = tf.numpy_function(batch_input, [step], signature.dtype, stateful=True)
+        return tf.ensure_shape(value, signature.shape)
+
+    return tf.data.Dataset.counter().map(element)
 
 
 def _signatures(tf, feed: BatchFeed) -> dict[str, Any]:

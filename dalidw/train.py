@@ -5,6 +5,8 @@ is split by region, and is compared with a mean baseline."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class TrainResult:
     train_tiles: int
     val_tiles: int
     split: str = "by region"
+    initial_epoch: int = 0
 
 
 def split_by_region(data: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -164,6 +167,7 @@ def train(
     seed: int = 0,
     verbose: int = 2,
     strategy: str = "none",
+    resume: bool = False,
     **loader_options: Any,
 ) -> TrainResult:
     """Train the ConvLSTM regressor and write model, log and curves to ``out_dir``.
@@ -171,12 +175,29 @@ def train(
     ``loader_options`` go to both loaders (``bands``, ``num_classes``, ``scale``, ...).
     ``strategy``: "none", "mirrored" or "multiworker" (see :func:`make_strategy`); then
     ``batch_size`` is the global batch, split over the replicas.
-    """
-    import keras
 
+    After each epoch ``out_dir`` gets ``checkpoint.keras`` (the model with its optimizer state)
+    and then ``checkpoint.json`` (the epochs done and the run's options). ``resume=True``
+    continues from them: epoch k trains on the loader's epoch k, as in a run without
+    interruption, and ``log.csv`` is appended to.
+
+    Raises:
+        ValueError: ``resume`` without a checkpoint in ``out_dir``, with ``epochs`` not above the
+            epochs done, with options other than the checkpoint's, or with "multiworker".
+    """
+    if resume and strategy == "multiworker":
+        raise ValueError("Expected `strategy` to be 'none' or 'mirrored' to resume a run: the multiworker loop "
+                         "writes no checkpoint. Received: strategy='multiworker', resume=True")
     dist = make_strategy(strategy)
     if dist is not None and dist.extended.should_checkpoint is False:
         out_dir = os.path.join(out_dir, f"worker-{dist.cluster_resolver.task_id}")
+    options = _run_options(labels, dim, batch_size, seed, dist.num_replicas_in_sync if dist is not None else 1,
+                           loader_options)
+    checkpoint_path = os.path.join(out_dir, CHECKPOINT)
+    saved = _read_state(out_dir) if resume else None
+    initial_epoch = _epochs_done(saved, out_dir, options, epochs) if saved is not None else 0
+    import keras
+
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     if "split" in data.columns:
@@ -188,26 +209,37 @@ def train(
     common = dict(dim=dim, batch_size=batch_size, device=device, random_seed=seed, **loader_options)
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
+    options["train_tiles"] = _tiles_digest(train_loader)
+    if saved is not None:
+        _check_options(out_dir, saved["options"], options)
 
     scope = dist.scope() if dist is not None else contextlib.nullcontext()
     with scope:
-        model = build_model(len(labels), dim, train_loader.n_channels)
-        model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse", metrics=["mae"])
+        if resume:
+            model = keras.models.load_model(checkpoint_path)
+            _check_input_shape(model, (len(labels), *dim, train_loader.n_channels), checkpoint_path)
+        else:
+            model = build_model(len(labels), dim, train_loader.n_channels)
+            model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse", metrics=["mae"])
     model_path = os.path.join(out_dir, "model.keras")
     log_path = os.path.join(out_dir, "log.csv")
     if strategy == "multiworker":
         _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
     else:
-        callbacks = [keras.callbacks.CSVLogger(log_path),
-                     keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoint.keras"))]
+        if resume:
+            _drop_log_rows_from(log_path, initial_epoch)
+        callbacks = [keras.callbacks.CSVLogger(log_path, append=resume),
+                     _checkpoint_callback(keras, model, out_dir, options)]
         if dist is None:
-            data, steps = train_loader.dataset(), len(train_loader)
+            data = train_loader.dataset(start_epoch=initial_epoch)
+            steps = len(train_loader)
             validation = {"validation_data": val_loader.dataset(), "validation_steps": len(val_loader)}
         else:
             # Under a strategy, Keras re-distributes a validation dataset every epoch, and dropping
             # the previous iterator crashed the process about once in 40 runs here: validate on the
             # numpy path instead, before the log and the checkpoint see the epoch's figures.
-            data, steps = train_loader.distributed_dataset(dist), train_loader.steps_per_epoch(dist)
+            data = train_loader.distributed_dataset(dist, start_epoch=initial_epoch)
+            steps = train_loader.steps_per_epoch(dist)
             validation = {}
             callbacks.insert(0, _validation_callback(keras, model, val_loader))
         # one GPU: train under the loader's GPU, as DALI's Keras recipe does; a strategy places replicas itself
@@ -215,7 +247,8 @@ def train(
                      else None)
         with _tf_device(placement):
             model.fit(
-                data, steps_per_epoch=steps, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                data, steps_per_epoch=steps, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                verbose=verbose,
                 shuffle=False,  # the loader shuffles; tf.data datasets are not reshuffled by Keras
                 **validation,
             )
@@ -230,7 +263,107 @@ def train(
         baseline_mae=float(np.abs(train_mean - targets).mean()),
         model_path=model_path, log_path=log_path, curves_path=curves_path,
         train_tiles=train_loader.n_tiles, val_tiles=val_loader.n_tiles, split=how,
+        initial_epoch=initial_epoch,
     )
+
+
+#: The model after the last finished epoch, with its optimizer state.
+CHECKPOINT = "checkpoint.keras"
+#: Written after the checkpoint: {"epochs_done": k, "options": {...}}; k counts the finished epochs.
+RESUME_STATE = "checkpoint.json"
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists; anything else unknown, its repr)."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _run_options(labels: Sequence[Any], dim: tuple[int, int], batch_size: int, seed: int, replicas: int,
+                 loader_options: dict[str, Any]) -> dict[str, Any]:
+    """What the model's shape and the sample order depend on, as JSON values (the replicas split
+    each global batch; their number, not the strategy's name, changes the order)."""
+    return _as_json({"labels": list(labels), "dim": list(dim), "batch_size": batch_size, "seed": seed,
+                     "replicas": replicas, **loader_options})
+
+
+def _tiles_digest(loader: SequenceDataLoader) -> str:
+    """A digest of the training tiles in table order: another table gives another order."""
+    return hashlib.sha256("\n".join(map(str, loader.table.tile_ids)).encode()).hexdigest()[:16]
+
+
+def _write_atomically(path: str, write) -> None:
+    """``write(tmp_path)``, then rename over ``path``: a reader sees the old file or the new one."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.partial{ext}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _checkpoint_callback(keras, model, out_dir: str, options: dict[str, Any]):
+    """A callback saving the checkpoint, then the resume state, after each epoch."""
+
+    def save(epoch: int, logs: dict | None = None) -> None:
+        _write_atomically(os.path.join(out_dir, CHECKPOINT), model.save)
+        state = {"epochs_done": epoch + 1, "options": options}
+
+        def write_state(path: str) -> None:
+            with open(path, "w") as f:
+                json.dump(state, f, indent=1)
+
+        _write_atomically(os.path.join(out_dir, RESUME_STATE), write_state)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=save)
+
+
+def _read_state(out_dir: str) -> dict[str, Any]:
+    """The resume state of the run in ``out_dir``; ValueError where there is none."""
+    path = os.path.join(out_dir, RESUME_STATE)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(out_dir, CHECKPOINT)):
+        raise ValueError(f"Expected {CHECKPOINT} and {RESUME_STATE} of an earlier run in {out_dir} to resume it "
+                         f"(training writes them after each epoch). Received: no checkpoint there")
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        int(state["epochs_done"]), dict(state["options"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"Expected {path} to hold epochs_done and options. Received: unreadable ({err})") from None
+    return state
+
+
+def _epochs_done(state: dict[str, Any], out_dir: str, options: dict[str, Any], epochs: int) -> int:
+    """The epochs done by the run in ``out_dir``, checked against this run's ``options`` and ``epochs``."""
+    done = int(state["epochs_done"])
+    if epochs <= done:
+        raise ValueError(f"Expected `epochs` to be more than the {done} epoch(s) already done in {out_dir}. "
+                         f"Received: epochs={epochs}")
+    _check_options(out_dir, state["options"], options)
+    return done
+
+
+def _check_options(out_dir: str, saved: dict[str, Any], options: dict[str, Any]) -> None:
+    """Raise ValueError naming every option that differs from the checkpoint's (absent ones aside)."""
+    differ = [f"{name}={options.get(name)!r} where the checkpoint has {name}={saved.get(name)!r}"
+              for name in sorted(set(saved) | set(options))
+              if name in options and saved.get(name) != options[name]]
+    if differ:
+        raise ValueError(f"Expected the options of the run in {out_dir} to resume it. Received: " + "; ".join(differ))
+
+
+def _check_input_shape(model, expected: tuple[int, ...], path: str) -> None:
+    """ValueError unless ``model`` takes x of shape (B, *expected)."""
+    shape = tuple(model.input_shape[1:])
+    if shape != expected:
+        raise ValueError(f"Expected the model in {path} to take x of shape (B, {', '.join(map(str, expected))}). "
+                         f"Received: (B, {', '.join(map(str, shape))})")
+
+
+def _drop_log_rows_from(log_path: str, epoch: int) -> None:
+    """Remove rows of epochs >= ``epoch`` from the CSV log (written before a checkpoint that never came)."""
+    if not os.path.isfile(log_path) or os.path.getsize(log_path) == 0:
+        return
+    log = pd.read_csv(log_path)
+    if "epoch" in log and (log["epoch"] >= epoch).any():
+        log[log["epoch"] < epoch].to_csv(log_path, index=False)
 
 
 def _tf_device(name: str | None):

@@ -1,6 +1,8 @@
 """The dalidw command as a user runs it: through its console script, in a subprocess."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,9 +13,9 @@ import pytest
 from dalidw.cli import parse_dim, parse_labels
 
 
-def dalidw(*args, cwd=None):
+def dalidw(*args, cwd=None, env=None):
     exe = shutil.which("dalidw") or os.path.join(os.path.dirname(sys.executable), "dalidw")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = env if env is not None else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -189,3 +191,75 @@ def test_an_unwritable_output_is_one_line_with_exit_code_2(synth_dir, tmp_path):
                     "2016..2018", "-o", blocker / "sub" / "x.png")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and str(blocker) in result.stderr
+
+
+# -- train --resume, and a quiet start-up ------------------------------------------------------
+
+#: absl's notice and log lines of native code, e.g. "I0000 00:00:17957.88 17904 cudart_stub.cc:31] ..."
+NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\])", re.M)
+TRAIN = ("--labels", "2016..2018", "--batch-size", 4, "--dim", 8, "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def first_epoch(tmp_path_factory):
+    """A planar dataset (its images take the slow path, with a SlowPathWarning) and the result and
+    folder of one epoch of `dalidw train` on it, run with TensorFlow's log level left unset."""
+    root = tmp_path_factory.mktemp("resume")
+    result = dalidw("synth", root / "data", "--regions", 2, "--size", "64x96", "--tile", "32x32", "--labels",
+                    "2016..2018", "--planar")
+    assert result.returncode == 0, result.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
+    result = dalidw("train", root / "data" / "tiles.csv", root / "data" / "Images", *TRAIN, "--epochs", 1,
+                    "--out", root / "run", env=env)
+    assert result.returncode == 0, result.stderr
+    return root, result
+
+
+def train_again(first_epoch, tmp_path, *args):
+    root, _ = first_epoch
+    shutil.copytree(root / "run", tmp_path / "run")
+    return dalidw("train", root / "data" / "tiles.csv", root / "data" / "Images", "--out", tmp_path / "run",
+                  *args)
+
+
+def test_train_starts_quietly_but_shows_warnings_meant_for_the_user(first_epoch):
+    _, result = first_epoch
+    assert not NATIVE_LOG.search(result.stderr), result.stderr
+    assert "[[{{node" not in result.stderr
+    assert "SlowPathWarning" in result.stderr and "planar-separate" in result.stderr
+
+
+def test_train_resume_continues_the_run_and_appends_to_its_log(first_epoch, tmp_path):
+    root, _ = first_epoch
+    result = train_again(first_epoch, tmp_path, *TRAIN, "--epochs", 3, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resumed after epoch 1 of 3" in result.stdout
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert log.epoch.tolist() == [0, 1, 2]
+    pd.testing.assert_frame_equal(log.iloc[:1], pd.read_csv(root / "run" / "log.csv"))
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["epochs_done"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--epochs", 1), "Expected `epochs` to be more than the 1 epoch(s) already done in"),
+    (("--epochs", 3, "--dim", 16), "dim=[16, 16] where the checkpoint has dim=[8, 8]"),
+])
+def test_train_resume_refuses_what_it_cannot_continue_in_one_line(first_epoch, tmp_path, args, message):
+    result = train_again(first_epoch, tmp_path, *TRAIN, *args, "--resume")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("dalidw train: error: Expected") and message in lines[0]
+
+
+def test_train_resume_without_a_checkpoint_is_exit_code_2(first_epoch, tmp_path):
+    root, _ = first_epoch
+    result = dalidw("train", root / "data" / "tiles.csv", root / "data" / "Images", *TRAIN, "--out",
+                    tmp_path / "empty", "--resume")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Expected checkpoint.keras and checkpoint.json of an earlier run in" in result.stderr
+
+
+def test_verbose_is_a_global_flag(synth_dir):
+    result = dalidw("--verbose", "check", synth_dir / "tiles.csv", synth_dir / "Images", "--labels", "2016..2018")
+    assert result.returncode == 0 and "no problems found" in result.stdout
+    assert "--verbose" in dalidw("--help").stdout

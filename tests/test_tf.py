@@ -1,6 +1,10 @@
 """The TensorFlow path: dataset() gives, epoch after epoch, the batches of loader[i] (partial last
 batch included), and model.fit trains on it."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -117,7 +121,77 @@ def test_as_pydataset_lets_keras_fit_run_the_numpy_path_epoch_after_epoch(datase
     model.compile(optimizer="adam", loss="mse")
     history = model.fit(data, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and all(np.isfinite(history.history["loss"]))
-    # Keras 3 calls on_epoch_end after each epoch, and once before the first
-    assert ld.epoch == 3
+    assert ld.epoch == 2, "fit read epochs 0 and 1 and left the loader at the next one"
     assert [list(ld.tile_ids(i)) for i in range(len(ld))] != first_epoch
     np.testing.assert_array_equal(data[1][0], ld[1][0])
+
+
+class RecordingLoader(SequenceDataLoader):
+    """A loader that notes the tile_ids of every batch read while ``fit_epoch`` is set."""
+
+    fit_epoch = None
+
+    def __getitem__(self, index):
+        if self.fit_epoch is not None:
+            self.read.setdefault(self.fit_epoch, []).append(list(self.tile_ids(index)))
+        return super().__getitem__(index)
+
+
+def fit_reads(ds, epochs: int, **fit_and_start) -> dict:
+    """{fit's epoch: the tile_ids of each batch it read} of model.fit over a fresh loader's PyDataset
+    (with shuffle=False: Keras would otherwise read the batches of an epoch in its own random order)."""
+    keras = pytest.importorskip("keras")
+    ld = RecordingLoader(YEARS, ds.table, ds.image_dir, device="cpu", batch_size=4, dim=(8, 8))
+    ld.read = {}
+    start = {"start_epoch": fit_and_start.pop("start_epoch")} if "start_epoch" in fit_and_start else {}
+    model = keras.Sequential([keras.Input((len(YEARS), 8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    mark = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(ld, "fit_epoch", epoch))
+    model.fit(ld.as_pydataset(**start), epochs=epochs, callbacks=[mark], shuffle=False, verbose=0, **fit_and_start)
+    return ld.read
+
+
+def epoch_tile_ids(ds, epoch: int) -> list:
+    """The tile_ids of each batch of the loader's epoch ``epoch``, from loader.tile_ids."""
+    ld = loader(ds, dim=(8, 8))
+    for _ in range(epoch):
+        ld.on_epoch_end()
+    return [list(ld.tile_ids(i)) for i in range(len(ld))]
+
+
+def test_fit_epoch_k_on_a_pydataset_reads_the_loaders_epoch_k(dataset):
+    reads = fit_reads(dataset, epochs=3)
+    assert reads == {k: epoch_tile_ids(dataset, k) for k in range(3)}
+
+
+def test_fit_resumed_at_epoch_k_reads_the_epochs_of_an_uninterrupted_fit(dataset):
+    reads = fit_reads(dataset, epochs=4, initial_epoch=2, start_epoch=2)
+    assert reads == {2: epoch_tile_ids(dataset, 2), 3: epoch_tile_ids(dataset, 3)}
+    assert epoch_tile_ids(dataset, 2) != epoch_tile_ids(dataset, 0), "the epochs differ, so the test can tell"
+
+
+def test_as_pydataset_refuses_a_negative_start_epoch(dataset):
+    with pytest.raises(ValueError, match="Expected an epoch to be an int >= 0. Received: -1"):
+        loader(dataset).as_pydataset(start_epoch=-1)
+
+
+KEEP_AN_ITERATOR_TO_THE_END = """
+import sys, pandas as pd
+from dalidw import SequenceDataLoader
+table = pd.read_csv(sys.argv[1])
+ld = SequenceDataLoader([2016, 2017, 2018], table, sys.argv[2], dim=(8, 8), batch_size=4, device="cpu")
+it = iter(ld.dataset())
+next(it)
+print("read a batch")
+"""
+
+
+def test_an_iterator_alive_at_exit_leaves_no_error_lines(dataset, tmp_path):
+    """A dataset iterator still held when Python exits ends without TensorFlow's "Error occurred
+    when finalizing GeneratorDataset iterator ... [[{{node PyFunc}}]]" lines."""
+    dataset.table.to_csv(tmp_path / "tiles.csv", index=False)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}  # every TensorFlow log line shows
+    run = subprocess.run([sys.executable, "-c", KEEP_AN_ITERATOR_TO_THE_END, str(tmp_path / "tiles.csv"),
+                          dataset.image_dir], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and "read a batch" in run.stdout, run.stderr
+    assert "PyFunc" not in run.stderr and "finalizing" not in run.stderr, run.stderr
