@@ -527,6 +527,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # TensorFlow's error around one of dalidw's, raised inside the input pipeline
+        message = wrapped_data_error(err)
+        if message is None:
+            raise
+        print(f"dalidw {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+_WRAPPED = re.compile(r"(?:DecodeError|DataError): (dalidw .*?)(?:\nTraceback|\n\s*\[\[|\n\n|\Z)", re.DOTALL)
+
+
+def wrapped_data_error(err: BaseException) -> str | None:
+    """The text of a dalidw DataError or DecodeError that TensorFlow raised as one of its own errors
+    (the DALI dataset runs dalidw's feed inside TensorFlow's graph), or None for any other error."""
+    if not type(err).__module__.startswith("tensorflow"):
+        return None
+    match = _WRAPPED.search(str(err))
+    return match.group(1).rstrip() if match else None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 and files are refused with the row or the file named."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -276,6 +279,25 @@ def test_the_tensorflow_error_of_dataset_carries_the_path_and_the_reason(tmp_pat
     path = os.path.join(image_dir, "2017", "7.tif")
     expected = f"DecodeError: dalidw could not decode an image (1 in all):\n  - {path}: cannot decode (tile 4 of 16"
     assert expected in message
+
+
+def test_train_names_a_damaged_file_in_one_line_with_exit_code_2(tmp_path):
+    pytest.importorskip("tensorflow")
+    image = np.random.default_rng(11).integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib", tile=(16, 16))
+    for year in YEARS:
+        shutil.copy(os.path.join(image_dir, str(year), "7.tif"), os.path.join(image_dir, str(year), "8.tif"))
+    damage_segment(os.path.join(image_dir, "2017", "7.tif"), 4)
+    rows = pd.concat([table(box=(0, 0, 32, 32)).assign(region_id=r, tile_id=r) for r in (7, 8)])
+    rows.to_csv(tmp_path / "tiles.csv", index=False)
+    exe = shutil.which("dalidw") or os.path.join(os.path.dirname(sys.executable), "dalidw")
+    done = subprocess.run([exe, "train", str(tmp_path / "tiles.csv"), image_dir, "--labels", "2016,2017", "--epochs",
+                           "1", "--dim", "8x8", "--device", "cpu", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)
+    err = done.stderr
+    assert done.returncode == 2, err
+    assert "Traceback" not in err
+    assert f"{os.path.join(image_dir, '2017', '7.tif')}: cannot decode (tile 4 of 16 is damaged" in err
 
 
 def link_region(root, target) -> str:
