@@ -5,7 +5,9 @@ year), then runs each measurement in its own process, so that its peak memory is
 
 - decode-tifffile: every image decoded once by tifffile (the decoder `dalidw tiles` uses);
 - decode-dali: every image decoded once by the loader's DALI CPU decoder;
-- tiles: `build_tiles` (grid, fraction:6 targets, a blocks:8 split) and, timed apart, writing the CSV;
+- tiles: `build_tiles` (grid, fraction:6 targets, a blocks:8 split), the whole table in memory, and,
+  timed apart, writing it as CSV;
+- tiles-stream: `write_tiles`, the same table written region by region as `dalidw tiles` does;
 - naive-loop: the Python loop over tiles a table is often built with (one numpy reduction per tile
   and label), on the first region only;
 - imports: the interpreter with numpy, pandas and dalidw imported, the memory every row starts from.
@@ -61,7 +63,7 @@ def run_one(name: str, image_dir: str, tile: int, out: str) -> dict:
     import numpy as np
 
     from dalidw.decode import RegionDecoder, read_with_tifffile
-    from dalidw.tiles import build_tiles, write_table
+    from dalidw.tiles import build_tiles, write_table, write_tiles
 
     paths = image_paths(image_dir)
     result: dict = {"images": len(paths)}
@@ -94,6 +96,10 @@ def run_one(name: str, image_dir: str, tile: int, out: str) -> dict:
         built = table.set_index(["tile_id", "label_id"])["target"].round(6)
         result["targets_match_synthetic_table"] = bool(
             (built.to_numpy() == reference.reindex(built.index).to_numpy()).all())
+    elif name == "tiles-stream":
+        report = write_tiles(image_dir, tile, os.path.join(out, "tiles-stream.csv"), targets=["fraction:6"],
+                             split="blocks:8")
+        result.update(tiles=report.tiles)
     elif name == "naive-loop":
         region = sorted(os.listdir(os.path.join(image_dir, str(FIRST_YEAR))))[0]
         maps = [read_with_tifffile(os.path.join(image_dir, label, region))[..., 0]
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     image_dir = make_data(root, mode)
     generate_s = time.perf_counter() - started
     rows = {name: measure(name, image_dir, mode["tile"], root)
-            for name in ("imports", "decode-tifffile", "decode-dali", "tiles", "naive-loop")}
+            for name in ("imports", "decode-tifffile", "decode-dali", "tiles", "tiles-stream", "naive-loop")}
     tiles = rows["tiles"]
     region_label_mib = mode["size"] ** 2 * mode["years"] / 2**20
     summary = {
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_region_labels_mib": region_label_mib,
         "build_peak_over_imports_mib": tiles["peak_after_build_mib"] - rows["imports"]["peak_mib"],
         "write_peak_over_imports_mib": tiles["peak_after_write_mib"] - rows["imports"]["peak_mib"],
+        "stream_peak_over_imports_mib": rows["tiles-stream"]["peak_mib"] - rows["imports"]["peak_mib"],
     }
     path = os.path.join(args.out, f"tiles-{mode_name}.json")
     with open(path, "w") as handle:
@@ -175,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
           f"naive loop: {summary['naive_tiles_per_s']:,.0f} tiles/s")
     print(f"peak memory over imports: {summary['build_peak_over_imports_mib']:.0f} MiB building (the table "
           f"itself {tiles['table_mib']:.0f} MiB; one region's labels {region_label_mib:.0f} MiB), "
-          f"{summary['write_peak_over_imports_mib']:.0f} MiB once written; targets match the synthetic table: "
-          f"{tiles['targets_match_synthetic_table']}")
+          f"{summary['write_peak_over_imports_mib']:.0f} MiB once written, "
+          f"{summary['stream_peak_over_imports_mib']:.0f} MiB written region by region; "
+          f"targets match the synthetic table: {tiles['targets_match_synthetic_table']}")
     print(f"wrote {path}")
     return 0
 

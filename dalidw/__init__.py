@@ -3,7 +3,7 @@
 from .errors import DataError, DecodeError, DeviceUnavailableError, SlowPathWarning
 from .index import parse_box
 from .loader import SequenceDataLoader
-from .tiles import TileReport, build_tiles, write_table
+from .tiles import TileReport, build_tiles, write_table, write_tiles
 
 __version__ = "0.1.0"
 
@@ -18,4 +18,5 @@ __all__ = [
     "build_tiles",
     "parse_box",
     "write_table",
+    "write_tiles",
 ]

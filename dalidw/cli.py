@@ -127,7 +127,7 @@ def parse_tile(values: Sequence[str]) -> tuple[int, int]:
 
 
 def cmd_tiles(args) -> int:
-    from .tiles import build_tiles, write_table
+    from .tiles import write_tiles
 
     try:
         tile = parse_tile(args.tile)
@@ -137,11 +137,10 @@ def cmd_tiles(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(13, "the output folder does not exist or cannot be written", folder)
-    table, report = build_tiles(args.image_dir, tile, stride=stride, targets=args.target or (),
-                                target_dir=args.target_images, labels=args.labels, nodata=args.nodata,
-                                max_nodata=args.max_nodata, split=args.split, fractions=args.split_fractions,
-                                seed=args.seed, progress=True)
-    write_table(table, args.output)
+    report = write_tiles(args.image_dir, tile, args.output, stride=stride, targets=args.target or (),
+                         target_dir=args.target_images, labels=args.labels, nodata=args.nodata,
+                         max_nodata=args.max_nodata, split=args.split, fractions=args.split_fractions,
+                         seed=args.seed, progress=True)
     print(f"wrote {args.output}: {report.tiles} tiles x {len(report.labels)} labels of {report.regions} region(s)")
     if report.nodata_skipped:
         print(f"skipped {report.nodata_skipped} of {report.grid_tiles} tiles holding more than "

@@ -7,11 +7,12 @@ writes the loader's long format: one row per tile and label.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,6 +417,88 @@ def build_tiles(
             that cannot be computed, or no tile left; every problem found is listed.
         ValueError: an option out of range.
     """
+    plan = _plan(image_dir, tile, stride=stride, targets=targets, target_dir=target_dir, labels=labels,
+                 extension=extension, nodata=nodata, max_nodata=max_nodata, split=split, fractions=fractions,
+                 seed=seed, progress=progress)
+    return plan.table(), plan.report
+
+
+def write_tiles(
+    image_dir: str | os.PathLike,
+    tile: tuple[int, int],
+    path: str | os.PathLike,
+    **options: Any,
+) -> TileReport:
+    """:func:`build_tiles` written straight to the CSV ``path``, region by region, so that the whole
+    table is never in memory; written whole or not at all (a temporary file, then a rename).
+
+    Args:
+        image_dir, tile: as for :func:`build_tiles`.
+        path: the CSV file to write.
+        options: the keyword options of :func:`build_tiles`.
+
+    Returns:
+        the report.
+
+    Raises:
+        as :func:`build_tiles`, and OSError where the folder of ``path`` cannot be written.
+    """
+    plan = _plan(image_dir, tile, **options)
+    with _atomic(path) as out:
+        for number, chunk in enumerate(plan.chunks()):
+            chunk.to_csv(out, index=False, header=number == 0)
+    return plan.report
+
+
+@dataclass
+class _Plan:
+    """Every tile kept, its targets, bounds and split, held per region: what the table is made of."""
+
+    parts: list[dict]
+    regions: list[str]
+    labels: list[Any]
+    names: list[str]
+    kept: np.ndarray
+    split_of: np.ndarray | None
+    report: TileReport
+
+    def table(self) -> pd.DataFrame:
+        """The whole table."""
+        return _long_table(self.parts, self.regions, self.labels, self.names, self.kept, self.split_of,
+                           geo=self.georeferenced)
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """The table region by region (same columns in each)."""
+        start = 0
+        for part in self.parts:
+            end = start + len(part["tile_id"])
+            split_of = self.split_of[start:end] if self.split_of is not None else None
+            yield _long_table([part], self.regions, self.labels, self.names, self.kept[start:end], split_of,
+                              geo=self.georeferenced)
+            start = end
+
+    @property
+    def georeferenced(self) -> bool:
+        return any(p["georeferenced"] for p in self.parts)
+
+
+def _plan(
+    image_dir: str | os.PathLike,
+    tile: tuple[int, int],
+    *,
+    stride: tuple[int, int] | None = None,
+    targets: Sequence[str | TargetSpec] = (),
+    target_dir: str | os.PathLike | None = None,
+    labels: Sequence[Any] | None = None,
+    extension: str = ".tif",
+    nodata: float | None = None,
+    max_nodata: float = 0.0,
+    split: str | None = None,
+    fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    progress: bool = False,
+) -> _Plan:
+    """Everything of :func:`build_tiles` but the table itself."""
     image_dir = os.fspath(image_dir)
     tile = _pair(tile, "tile")
     stride = tile if stride is None else _pair(stride, "stride")
@@ -490,12 +573,11 @@ def build_tiles(
     else:
         kept = np.ones(tile_ids.size, dtype=bool)
 
-    table = _long_table(parts, regions, labels, names, kept, split_of)
-    return table, report
+    return _Plan(parts, regions, labels, names, kept, split_of, report)
 
 
 def _long_table(parts: list[dict], regions: list[str], labels: list[Any], names: list[str], kept: np.ndarray,
-                split_of: np.ndarray | None) -> pd.DataFrame:
+                split_of: np.ndarray | None, *, geo: bool) -> pd.DataFrame:
     """One row per kept tile and label, tiles in grid order, labels in frame order."""
     n_labels = len(labels)
     tile_ids = np.concatenate([p["tile_id"] for p in parts])[kept]
@@ -512,7 +594,7 @@ def _long_table(parts: list[dict], regions: list[str], labels: list[Any], names:
     unique_boxes, box_code = np.unique(boxes.reshape(-1, 4), axis=0, return_inverse=True)
     texts = [f"({x0}, {y0}, {x1}, {y1})" for x0, y0, x1, y1 in unique_boxes.tolist()]
     columns["region_coordinates"] = pd.Categorical.from_codes(np.repeat(box_code.reshape(-1), n_labels), texts)
-    if any(p["georeferenced"] for p in parts):
+    if geo:
         bounds = np.concatenate([p["bounds"] for p in parts])[kept]
         for j, name in enumerate(GEO_COLUMNS[:4]):
             columns[name] = np.repeat(bounds[:, j], n_labels)
@@ -550,12 +632,19 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     Raises:
         OSError: the folder of ``path`` does not exist or cannot be written.
     """
+    with _atomic(path) as out:
+        table.to_csv(out, index=False)
+
+
+@contextlib.contextmanager
+def _atomic(path: str | os.PathLike) -> Iterator[Any]:
+    """A text file that becomes ``path`` when the block ends without an error, and vanishes otherwise."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".tiles-", suffix=".csv", dir=folder)
     try:
         with os.fdopen(handle, "w", newline="") as out:
-            table.to_csv(out, index=False)
+            yield out
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

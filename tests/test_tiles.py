@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -12,7 +13,7 @@ import tifffile
 from dalidw import DataError, SequenceDataLoader
 from dalidw.cli import main
 from dalidw.synth import SynthSpec, write_dataset
-from dalidw.tiles import build_tiles
+from dalidw.tiles import build_tiles, write_tiles
 from dalidw.train import split_by_column
 
 LABELS = [2016, 2017, 2018]
@@ -148,6 +149,21 @@ def test_a_block_split_leaves_a_tile_of_distance_between_splits(tmp_path, stride
             for j in range(i + 1, len(boxes)):
                 if splits[i] != splits[j]:
                     assert not near(boxes[i], boxes[j], tile), (region, boxes[i], boxes[j])
+
+
+def test_writing_region_by_region_gives_the_table_built_in_memory(tmp_path):
+    for label in LABELS:
+        for region in ("a", "b"):
+            geotiff(str(tmp_path / "Images" / str(label) / f"{region}.tif"),
+                    np.random.default_rng(label).integers(0, 4, (40, 40), dtype=np.uint8))
+    options = dict(targets=["fraction:1", "mean:0"], split="blocks:2", fractions=(0.5, 0.5), seed=4)
+    table, report = build_tiles(tmp_path / "Images", 10, **options)
+    streamed = write_tiles(tmp_path / "Images", 10, tmp_path / "tiles.csv", **options)
+    assert streamed == report
+    written = pd.read_csv(tmp_path / "tiles.csv")
+    expected = pd.read_csv(io.StringIO(table.to_csv(index=False)))
+    pd.testing.assert_frame_equal(written, expected)
+    assert sorted(os.listdir(tmp_path)) == ["Images", "tiles.csv"]  # no temporary file left
 
 
 def test_a_split_follows_from_its_seed_and_regions_stay_whole(tmp_path):
