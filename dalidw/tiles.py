@@ -374,52 +374,10 @@ def _region_values(reg: _Region, specs: Sequence[TargetSpec], tile: tuple[int, i
     return values, worst
 
 
-def build_tiles(
-    image_dir: str | os.PathLike,
-    tile: tuple[int, int],
-    *,
-    stride: tuple[int, int] | None = None,
-    targets: Sequence[str | TargetSpec] = (),
-    target_dir: str | os.PathLike | None = None,
-    labels: Sequence[Any] | None = None,
-    extension: str = ".tif",
-    nodata: float | None = None,
-    max_nodata: float = 0.0,
-    split: str | None = None,
-    fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[pd.DataFrame, TileReport]:
-    """Build the tiles table of the images in ``image_dir/{label}/{region}{extension}``.
-
-    Args:
-        image_dir: the loader's image folder.
-        tile: (height, width) of each tile, pixels.
-        stride: (rows, cols) between tiles, pixels; default the tile size. Tiles lie fully inside the image.
-        targets: target specs (see :class:`TargetSpec`); none for a table without targets (``"last-image"``).
-        target_dir: where the images the targets are computed from lie (same layout), e.g. class maps
-            beside RGB inputs; default ``image_dir``.
-        labels: the labels in frame order; default every folder of ``image_dir``, in numeric order.
-        nodata: a sample value that marks invalid pixels, besides NaN and each file's GDAL_NODATA tag.
-        max_nodata: tiles whose share of invalid pixels (in any label's input or target image) exceeds
-            this are skipped; 0 skips a tile with a single invalid pixel.
-        split: None, "region", "blocks:N" or "random" (see :mod:`dalidw.split`); adds a ``split`` column.
-        fractions: (train, val[, test]) shares of regions, blocks or tiles.
-        seed: the split follows from it.
-
-    Returns:
-        (the table, a report). Columns: tile_id, region_id, label_id, the target columns,
-        region_coordinates "(xmin, ymin, xmax, ymax)", then left, bottom, right, top, epsg where
-        the images are georeferenced, then split.
-
-    Raises:
-        DataError: missing labels or images, mismatched grids, a tile larger than an image, targets
-            that cannot be computed, or no tile left; every problem found is listed.
-        ValueError: an option out of range.
-    """
-    plan = _plan(image_dir, tile, stride=stride, targets=targets, target_dir=target_dir, labels=labels,
-                 extension=extension, nodata=nodata, max_nodata=max_nodata, split=split, fractions=fractions,
-                 seed=seed, progress=progress)
+def build_tiles(image_dir: str | os.PathLike, tile: tuple[int, int], **options: Any) -> tuple[pd.DataFrame, TileReport]:
+    """The tiles table of the images in ``image_dir``, in memory: (table, report); the options are
+    those of :func:`plan_tiles`, which says what the table holds."""
+    plan = plan_tiles(image_dir, tile, **options)
     return plan.table(), plan.report
 
 
@@ -429,21 +387,20 @@ def write_tiles(
     path: str | os.PathLike,
     **options: Any,
 ) -> TileReport:
-    """:func:`build_tiles` written straight to the CSV ``path``, region by region, so that the whole
+    """The tiles table written straight to the CSV ``path``, region by region, so that the whole
     table is never in memory; written whole or not at all (a temporary file, then a rename).
 
     Args:
-        image_dir, tile: as for :func:`build_tiles`.
+        image_dir, tile, options: as for :func:`plan_tiles`.
         path: the CSV file to write.
-        options: the keyword options of :func:`build_tiles`.
 
     Returns:
         the report.
 
     Raises:
-        as :func:`build_tiles`, and OSError where the folder of ``path`` cannot be written.
+        as :func:`plan_tiles`, and OSError where the folder of ``path`` cannot be written.
     """
-    plan = _plan(image_dir, tile, **options)
+    plan = plan_tiles(image_dir, tile, **options)
     with _atomic(path) as out:
         for number, chunk in enumerate(plan.chunks()):
             chunk.to_csv(out, index=False, header=number == 0)
@@ -451,7 +408,7 @@ def write_tiles(
 
 
 @dataclass
-class _Plan:
+class TilePlan:
     """Every tile kept, its targets, bounds and split, held per region: what the table is made of."""
 
     parts: list[dict]
@@ -482,7 +439,7 @@ class _Plan:
         return any(p["georeferenced"] for p in self.parts)
 
 
-def _plan(
+def plan_tiles(
     image_dir: str | os.PathLike,
     tile: tuple[int, int],
     *,
@@ -497,8 +454,36 @@ def _plan(
     fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     progress: bool = False,
-) -> _Plan:
-    """Everything of :func:`build_tiles` but the table itself."""
+) -> TilePlan:
+    """Plan the tiles table of the images in ``image_dir/{label}/{region}{extension}``: read every
+    header, then one region at a time its images, and keep each tile's targets, bounds and split.
+
+    Args:
+        image_dir: the loader's image folder.
+        tile: (height, width) of each tile, pixels.
+        stride: (rows, cols) between tiles, pixels; default the tile size. Tiles lie fully inside the image.
+        targets: target specs (see :class:`TargetSpec`); none for a table without targets (``"last-image"``).
+        target_dir: where the images the targets are computed from lie (same layout), e.g. class maps
+            beside RGB inputs; default ``image_dir``.
+        labels: the labels in frame order; default every folder of ``image_dir``, in numeric order.
+        nodata: a sample value that marks invalid pixels, besides NaN and each file's GDAL_NODATA tag.
+        max_nodata: tiles whose share of invalid pixels (in any label's input or target image) exceeds
+            this are skipped; 0 skips a tile with a single invalid pixel.
+        split: None, "region", "blocks:N" or "random" (see :mod:`dalidw.split`); adds a ``split`` column.
+        fractions: (train, val[, test]) shares of regions, blocks or tiles.
+        seed: the split follows from it.
+
+    Returns:
+        the plan: ``.table()`` the whole table, ``.chunks()`` region by region, ``.report``.
+        Columns: tile_id, region_id, label_id, the target columns, region_coordinates
+        "(xmin, ymin, xmax, ymax)", then left, bottom, right, top, epsg where the images are
+        georeferenced, then split.
+
+    Raises:
+        DataError: missing labels or images, mismatched grids, a tile larger than an image, targets
+            that cannot be computed, or no tile left; every problem found is listed.
+        ValueError: an option out of range.
+    """
     image_dir = os.fspath(image_dir)
     tile = _pair(tile, "tile")
     stride = tile if stride is None else _pair(stride, "stride")
@@ -573,7 +558,7 @@ def _plan(
     else:
         kept = np.ones(tile_ids.size, dtype=bool)
 
-    return _Plan(parts, regions, labels, names, kept, split_of, report)
+    return TilePlan(parts, regions, labels, names, kept, split_of, report)
 
 
 def _long_table(parts: list[dict], regions: list[str], labels: list[Any], names: list[str], kept: np.ndarray,
