@@ -32,6 +32,19 @@ def test_quick_benchmark_writes_json_and_chart(tmp_path):
     assert "samples/s" in run.stdout
 
 
+def test_the_tiles_benchmark_builds_the_synthetic_targets(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "tiles.py"), "--quick", "--data", str(tmp_path / "data"),
+           "--out", str(tmp_path / "out")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((tmp_path / "out" / "tiles-quick.json").read_text())
+    rows = report["rows"]
+    assert rows["tiles"]["targets_match_synthetic_table"] is True
+    assert rows["tiles"]["grid_tiles"] == 4 * (1024 // 32) ** 2
+    assert rows["tiles-stream"]["tiles"] == rows["tiles"]["tiles"] > 0
+    assert (tmp_path / "data" / "tiles-stream.csv").read_text() == (tmp_path / "data" / "tiles-bench.csv").read_text()
+
+
 def _env():
     import os
 
