@@ -355,10 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiles", help="build the tiles table (grid, targets, bounds, split) from region images")
     p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
-    p.add_argument("-o", "--output", default="tiles.csv")
-    p.add_argument("--tile", nargs="+", required=True, metavar="H [W]", help="tile height and width in pixels: "
+    p.add_argument("-o", "--output", default="tiles.csv", help="the CSV to write (default tiles.csv)")
+    p.add_argument("--tile", nargs="+", required=True, metavar="SIZE", help="tile height and width in pixels: "
                    "H W, HxW or one size")
-    p.add_argument("--stride", nargs="+", metavar="H [W]", help="pixels between tiles (default: the tile size)")
+    p.add_argument("--stride", nargs="+", metavar="SIZE", help="pixels between tiles, H W, HxW or one size "
+                   "(default: the tile size)")
     p.add_argument("--target", action="append", metavar="[NAME=]KIND:ARG",
                    help="fraction:CLASS[,CLASS...] (share of those class ids), change:CLASS[,...] (last minus "
                         "first label), mean:BAND; repeat for several columns; the first is named 'target'")
