@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,15 +73,25 @@ class NodataRule:
                                   "output pixels. Set nodata= (NaN, a value, or 'tag') to replace them first.",
                                   RuntimeWarning, stacklevel=5)
             return image
-        value = file_value if self.from_tag else self.value
-        invalid = np.isnan(image) if floating else np.zeros(image.shape, dtype=bool)
-        if value is not None and not math.isnan(value) and _fits(value, image.dtype):
-            invalid |= image == np.asarray(value).astype(image.dtype)
-        if not invalid.any():
+        invalid = invalid_samples(image, [file_value if self.from_tag else self.value])
+        if invalid is None or not invalid.any():
             return image
         out = image.copy()
         out[invalid] = np.asarray(self.fill).astype(image.dtype)
         return out
+
+
+def invalid_samples(image: np.ndarray, values: Sequence[float | None]) -> np.ndarray | None:
+    """bool, ``image``'s shape: the samples that are NaN (in float images) or equal to one of ``values``
+    (None and NaN entries aside, and values the sample type cannot hold); None where none can be."""
+    values = [v for v in values if v is not None and not math.isnan(v) and _fits(v, image.dtype)]
+    floating = image.dtype.kind == "f"
+    if not floating and not values:
+        return None
+    invalid = np.isnan(image) if floating else np.zeros(image.shape, dtype=bool)
+    for value in values:
+        invalid |= image == np.asarray(value).astype(image.dtype)
+    return invalid
 
 
 def _fits(value: float, dtype: np.dtype) -> bool:

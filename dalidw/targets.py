@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import read_with_tifffile
+from .nodata import invalid_samples
 from .validate import ImageInfo
 
 TARGET_KINDS = ("fraction", "change", "mean")
@@ -120,17 +121,8 @@ def _window_sums(a: np.ndarray, axis: int, tile: int, stride: int, count: int, w
 def invalid_mask(image: np.ndarray, tag_value: float | None, nodata: float | None) -> np.ndarray | None:
     """bool (H, W): pixels where any band is NaN, the file's GDAL nodata value or ``nodata``;
     None where no pixel can be invalid."""
-    values = [v for v in (tag_value, nodata) if v is not None]
-    floating = image.dtype.kind == "f"
-    if not floating and not values:
-        return None
-    mask = np.isnan(image).any(axis=-1) if floating else np.zeros(image.shape[:2], dtype=bool)
-    for value in values:
-        if math.isnan(value):
-            continue
-        if floating or (float(value).is_integer() and np.iinfo(image.dtype).min <= value <= np.iinfo(image.dtype).max):
-            mask |= (image == np.asarray(value).astype(image.dtype)).any(axis=-1)
-    return mask
+    invalid = invalid_samples(image, [tag_value, nodata])
+    return None if invalid is None else invalid.any(axis=-1)
 
 
 def class_mask(plane: np.ndarray, classes: Sequence[int]) -> np.ndarray:

@@ -7,9 +7,7 @@ writes the loader's long format: one row per tile and label.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, shown
+from .files import replaced
 from .geo import Grid, read_grid
 from .index import key_text, unsafe_name
 from .split import SPLITS, near_radius, parse_fractions, parse_split, split_tiles
@@ -222,7 +221,7 @@ def write_tiles(
         as :func:`plan_tiles`, and OSError where the folder of ``path`` cannot be written.
     """
     plan = plan_tiles(image_dir, tile, **options)
-    with _atomic(path) as out:
+    with replaced(path) as temporary, open(temporary, "w", newline="") as out:
         for number, chunk in enumerate(plan.chunks()):
             chunk.to_csv(out, index=False, header=number == 0)
     return plan.report
@@ -236,13 +235,12 @@ class TilePlan:
     regions: list[str]
     labels: list[Any]
     names: list[str]
-    kept: np.ndarray
     split_of: np.ndarray | None
     report: TileReport
 
     def table(self) -> pd.DataFrame:
         """The whole table."""
-        return _long_table(self.parts, self.regions, self.labels, self.names, self.kept, self.split_of,
+        return _long_table(self.parts, self.regions, self.labels, self.names, self.split_of,
                            geo=self.georeferenced)
 
     def chunks(self) -> Iterator[pd.DataFrame]:
@@ -251,12 +249,12 @@ class TilePlan:
         for part in self.parts:
             end = start + len(part["tile_id"])
             split_of = self.split_of[start:end] if self.split_of is not None else None
-            yield _long_table([part], self.regions, self.labels, self.names, self.kept[start:end], split_of,
-                              geo=self.georeferenced)
+            yield _long_table([part], self.regions, self.labels, self.names, split_of, geo=self.georeferenced)
             start = end
 
     @property
     def georeferenced(self) -> bool:
+        """Whether any region has GeoTIFF tags (the table then has the bound columns)."""
         return any(p["georeferenced"] for p in self.parts)
 
 
@@ -374,18 +372,16 @@ def plan_tiles(
         radius = (near_radius(tile[0], stride[0]), near_radius(tile[1], stride[1]))
         split_of = split_tiles(kind, block, region_no, np.concatenate([p["row"] for p in parts]),
                                np.concatenate([p["col"] for p in parts]), radius, shares, seed)
-        kept = split_of != ""
-        report.buffer_dropped = int((~kept).sum())
-        report.splits = {s: int((split_of == s).sum()) for s in ("train", "val", "test") if (split_of == s).any()}
-    else:
-        kept = np.ones(tile_ids.size, dtype=bool)
-
-    return TilePlan(parts, regions, labels, names, kept, split_of, report)
+        report.buffer_dropped = int((split_of == "").sum())
+        report.splits = {s: int((split_of == s).sum()) for s in SPLITS if (split_of == s).any()}
+    return TilePlan(parts, regions, labels, names, split_of, report)
 
 
-def _long_table(parts: list[dict], regions: list[str], labels: list[Any], names: list[str], kept: np.ndarray,
+def _long_table(parts: list[dict], regions: list[str], labels: list[Any], names: list[str],
                 split_of: np.ndarray | None, *, geo: bool) -> pd.DataFrame:
-    """One row per kept tile and label, tiles in grid order, labels in frame order."""
+    """One row per tile and label, tiles in grid order, labels in frame order; tiles whose split is ""
+    (the buffer between blocks of different splits) are left out."""
+    kept = split_of != "" if split_of is not None else slice(None)
     n_labels = len(labels)
     tile_ids = np.concatenate([p["tile_id"] for p in parts])[kept]
     region_no = np.concatenate([p["region"] for p in parts])[kept]
@@ -439,21 +435,5 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     Raises:
         OSError: the folder of ``path`` does not exist or cannot be written.
     """
-    with _atomic(path) as out:
+    with replaced(path) as temporary, open(temporary, "w", newline="") as out:
         table.to_csv(out, index=False)
-
-
-@contextlib.contextmanager
-def _atomic(path: str | os.PathLike) -> Iterator[Any]:
-    """A text file that becomes ``path`` when the block ends without an error, and vanishes otherwise."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".tiles-", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            yield out
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .files import replaced
 from .loader import SequenceDataLoader
+from .split import SPLITS
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def split_by_column(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         DataError: other values in the column, or no "train" or no "val" rows.
     """
     values = data["split"].fillna("").astype(str).str.strip()
-    unknown = sorted(set(values) - {"train", "val", "test", ""})
+    unknown = sorted(set(values) - {*SPLITS, ""})
     problems = [f"split value {v!r} is not train, val or test" for v in unknown[:10]]
     problems += [f"no row has split == {name!r}" for name in ("train", "val") if not (values == name).any()]
     if problems:
@@ -291,26 +293,14 @@ def _tiles_digest(loader: SequenceDataLoader) -> str:
     return hashlib.sha256("\n".join(map(str, loader.table.tile_ids)).encode()).hexdigest()[:16]
 
 
-def _write_atomically(path: str, write) -> None:
-    """``write(tmp_path)``, then rename over ``path``: a reader sees the old file or the new one."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.partial{ext}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _checkpoint_callback(keras, model, out_dir: str, options: dict[str, Any]):
     """A callback saving the checkpoint, then the resume state, after each epoch."""
 
     def save(epoch: int, logs: dict | None = None) -> None:
-        _write_atomically(os.path.join(out_dir, CHECKPOINT), model.save)
-        state = {"epochs_done": epoch + 1, "options": options}
-
-        def write_state(path: str) -> None:
-            with open(path, "w") as f:
-                json.dump(state, f, indent=1)
-
-        _write_atomically(os.path.join(out_dir, RESUME_STATE), write_state)
+        with replaced(os.path.join(out_dir, CHECKPOINT)) as temporary:
+            model.save(temporary)
+        with replaced(os.path.join(out_dir, RESUME_STATE)) as temporary, open(temporary, "w") as f:
+            json.dump({"epochs_done": epoch + 1, "options": options}, f, indent=1)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=save)
 
