@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from .errors import DataError, DecodeError, DeviceUnavailableError
+from .errors import DataError, DeviceUnavailableError
 from .startup import quiet_startup
 
 
@@ -154,21 +154,6 @@ def cmd_tiles(args) -> int:
     return 0
 
 
-def damaged_images(paths: Sequence[str]) -> list[str]:
-    """Every image of ``paths`` with a damaged strip or tile, one line each (what the loader would raise)."""
-    from tqdm.auto import tqdm
-
-    from .decode import check_segments
-
-    problems = []
-    for path in tqdm(paths, desc="dalidw: checking strips and tiles", unit="file", leave=False):
-        try:
-            check_segments(path)
-        except DecodeError as err:
-            problems += err.problems
-    return problems
-
-
 def cmd_check(args) -> int:
     from .loader import SequenceDataLoader
 
@@ -183,7 +168,10 @@ def cmd_check(args) -> int:
     if args.decode:
         from tqdm.auto import tqdm
 
-        problems = damaged_images([str(p) for p in loader.images.paths.ravel()])
+        decoder = loader.feed.store.decoder  # remembers the sound files: decoding them below does not check them again
+        problems = [line for path in tqdm(loader.images.paths.ravel().tolist(), leave=False, unit="file",
+                                          desc="dalidw: checking strips and tiles")
+                    for line in decoder.check(str(path))]
         if problems:
             raise DataError(problems, context="images with damaged strips or tiles")
         for index in tqdm(range(len(loader)), desc="dalidw: decoding", unit="batch", leave=False):

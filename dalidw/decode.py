@@ -148,6 +148,15 @@ class RegionDecoder:
             out.append(image)
         return out
 
+    def check(self, path: str) -> list[str]:
+        """Check every strip and tile of ``path`` now, as a decode would first: the problem line of a
+        damaged file, or [] (and a sound file is not checked again when it is decoded)."""
+        try:
+            self._read_checked(path)
+        except DecodeError as err:
+            return err.problems
+        return []
+
     def _read_checked(self, path: str) -> bytes:
         """The bytes of ``path``, their strips or tiles checked unless these very bytes passed before."""
         encoded = _read_bytes(path)
@@ -188,8 +197,8 @@ def _read_bytes(path: str) -> bytes:
         raise DecodeError(path, f"cannot read the file: {err.strerror}") from None
 
 
-def check_segments(path: str, encoded: bytes | None = None) -> None:
-    """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (default: read ``path``).
+def check_segments(path: str, encoded: bytes) -> None:
+    """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (the bytes of ``path``).
 
     Each segment is decompressed by tifffile's codecs and must give the size its header implies;
     deflate streams must also match their Adler-32 checksum. Empty segments (byte count 0, the
@@ -200,7 +209,6 @@ def check_segments(path: str, encoded: bytes | None = None) -> None:
     """
     import tifffile
 
-    encoded = _read_bytes(path) if encoded is None else encoded
     try:
         with tifffile.TiffFile(io.BytesIO(encoded)) as tif:
             page = tif.pages.first
