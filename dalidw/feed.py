@@ -20,6 +20,7 @@ and each replica's shard has batches of ``batch_size // R``, which must divide e
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from .augment import as_graph_ops
 from .index import TileTable
 from .order import EpochOrder
-from .pipeline import ANCHOR, FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, GraphSpec
+from .pipeline import BOX, FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, GraphSpec, build_pipeline, stack_references
 from .regions import DeviceRegionStore, RegionStore
 
 
@@ -63,8 +64,9 @@ class BatchFeed:
         self.store = store
         self.spec = spec
         self.device_store = device_store
-        self._anchors = np.ascontiguousarray(table.boxes[:, [1, 0]], dtype=np.int32)  # (y, x)
+        self._pipe, self._lock = None, threading.Lock()
         self._sizes = np.ascontiguousarray(table.boxes[:, [3, 2]] - table.boxes[:, [1, 0]], dtype=np.int32)  # (h, w)
+        self._boxes = np.ascontiguousarray(np.hstack([table.boxes[:, [1, 0]], self._sizes]), dtype=np.int32)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -106,9 +108,10 @@ class BatchFeed:
         """The graph inputs for the tiles at table ``positions`` with augmentation ``codes`` (None: none).
 
         Returns:
-            name -> a batch: "frames" a (b, T, h, w, C) array (a list of b stacks for a "regions"
-            graph), "anchor"/"shape" int32 (b, 2), "transpose" bool (b,), "flip_h"/"flip_v"
-            int32 (b,), "target" float32 (b,) or (b, k).
+            name -> a batch: "frames" a (b, T, h, w, C) array (for a "regions" graph a list of
+            b DALI tensors, each sharing its region stack's memory), "box" int32 (b, 4) as
+            (y, x, h, w), "shape" int32 (b, 2) as (h, w), "transpose" bool (b,), "flip_h" and
+            "flip_v" int32 (b,), "target" float32 (b,) or (b, k).
         """
         names = self.spec.inputs if names is None else names
         if {TRANSPOSE, FLIP_H, FLIP_V} & set(names):
@@ -117,8 +120,8 @@ class BatchFeed:
         for name in names:
             if name == FRAMES:
                 out[name] = self.frames(positions)
-            elif name == ANCHOR:
-                out[name] = self._anchors[positions]
+            elif name == BOX:
+                out[name] = self._boxes[positions]
             elif name == SHAPE:
                 out[name] = self._sizes[positions]
             elif name == TRANSPOSE:
@@ -132,6 +135,20 @@ class BatchFeed:
                 out[name] = np.ascontiguousarray(targets[:, 0] if self.spec.target_size == 1 else targets)
         return out
 
+    def run(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy path: the graph run once on ``inputs`` (from :meth:`inputs` or :meth:`inputs_at`)
+        in the calling thread, built on first use. Returns numpy (x, y) as the graph's outputs."""
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = build_pipeline(self.spec, prefetch_queue_depth=1)
+                self._pipe.build()
+            for name, batch in inputs.items():
+                self._pipe.feed_input(name, batch)
+            x, y = self._pipe.run()
+        if self.spec.device == "gpu":
+            x, y = x.as_cpu(), y.as_cpu()
+        return x.as_array(), y.as_array()
+
     def frames(self, positions: np.ndarray) -> Any:
         """The "frames" input for the tiles at ``positions``: their region stacks (a "regions"
         graph: no pixel is copied) or their crops, cut from the host stacks with one slice per tile
@@ -139,8 +156,7 @@ class BatchFeed:
         regions = self.regions[positions]
         if self.spec.source == "regions":
             store = self.device_store if self.device_store is not None else self.store
-            stacks = store.stacks(np.unique(regions))
-            return [stacks[r] for r in regions.tolist()]
+            return stack_references(store.stacks(np.unique(regions)), regions)
         stacks = self.store.stacks(np.unique(regions))
         sizes = self._sizes[positions]
         height, width = (int(v) for v in sizes.max(axis=0))

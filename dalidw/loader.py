@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,7 +32,7 @@ from .options import (
     check_shard,
 )
 from .order import EpochOrder, check_epoch
-from .pipeline import GraphSpec, box_facts, build_pipeline
+from .pipeline import GraphSpec, box_facts
 from .regions import DeviceRegionStore, RegionStore
 from .validate import MAX_IMAGE_PIXELS, check_images
 
@@ -115,42 +114,18 @@ class SequenceDataLoader:
         ValueError: an option is out of range.
     """
 
-    def __init__(
-        self,
-        labels: Sequence[Any],
-        data: pd.DataFrame,
-        image_dir: str | os.PathLike,
-        dim: tuple[int, int] = (64, 64),
-        batch_size: int = 32,
-        n_channels: int | None = None,
-        random_seed: int | None = 42,
-        shuffle: bool = True,
-        normalize: bool = True,
-        target: str | Sequence[str] = "target",
-        device: str = "auto",
-        extension: str = ".tif",
-        *,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        min_tile_size: int = 1,
-        num_threads: int | None = None,
-        progress: bool | None = None,
-        verify_decode: bool = False,
-        bands: Sequence[int] | None = None,
-        num_classes: int | None = None,
-        interpolation: str | None = None,
-        scale: float | None = None,
-        mean: float | Sequence[float] | None = None,
-        std: float | Sequence[float] | None = None,
-        augment: bool | str | Sequence[str] | None = None,
-        locality: int | str | None = None,
-        device_cache_bytes: int | None = None,
-        max_image_pixels: int = MAX_IMAGE_PIXELS,
-        nodata: float | str | None = None,
-        nodata_fill: float = 0.0,
-        allow_outside_links: bool = False,
-        shard_id: int = 0,
-        num_shards: int = 1,
-    ):
+    def __init__(self, labels: Sequence[Any], data: pd.DataFrame, image_dir: str | os.PathLike,
+                 dim: tuple[int, int] = (64, 64), batch_size: int = 32, n_channels: int | None = None,
+                 random_seed: int | None = 42, shuffle: bool = True, normalize: bool = True,
+                 target: str | Sequence[str] = "target", device: str = "auto", extension: str = ".tif", *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, min_tile_size: int = 1, num_threads: int | None = None,
+                 progress: bool | None = None, verify_decode: bool = False, bands: Sequence[int] | None = None,
+                 num_classes: int | None = None, interpolation: str | None = None, scale: float | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                 augment: bool | str | Sequence[str] | None = None, locality: int | str | None = None,
+                 device_cache_bytes: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 nodata: float | str | None = None, nodata_fill: float = 0.0, allow_outside_links: bool = False,
+                 shard_id: int = 0, num_shards: int = 1):
         self.labels = check_labels(labels)
         self.dim, self.batch_size = check_dim(dim), check_batch_size(batch_size)
         shard = check_shard(shard_id, num_shards)
@@ -197,11 +172,7 @@ class SequenceDataLoader:
             device_id=self.device_id, num_threads=self.num_threads, turns=turns,
             flips=any(c & 6 for c in augment_codes), source="crops" if device_store is None else "regions",
             **box_facts(self.table.boxes[:, [3, 2]] - self.table.boxes[:, [1, 0]], self.dim, turns=turns))
-        self._start(BatchFeed(self.table, regions, order, store, spec, device_store))
-
-    def _start(self, feed: BatchFeed) -> None:
-        self.feed, self.epoch = feed, 0
-        self._pipe, self._lock = None, threading.Lock()
+        self.feed, self.epoch = BatchFeed(self.table, regions, order, store, spec, device_store), 0
 
     @property
     def n_tiles(self) -> int:
@@ -252,7 +223,7 @@ class SequenceDataLoader:
             x: float32 (B, T, H, W, C) (T-1 frames with "last-image"), in [0, 1] when normalizing.
             y: float32 (B,) for one target column, (B, k) for k columns, (B, H, W, C) for "last-image".
         """
-        return self._run(self.feed.inputs(self.epoch, index))
+        return self.feed.run(self.feed.inputs(self.epoch, index))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of the current epoch, in order."""
@@ -264,20 +235,8 @@ class SequenceDataLoader:
         x float32 (T, H, W, C) and its y, preprocessed exactly as in the batches (without augmentation)."""
         if not 0 <= position < self.n_tiles:
             raise IndexError(f"tile position {position} is out of range for {self.n_tiles} tiles")
-        x, y = self._run(self.feed.inputs_at(np.array([position], dtype=np.int64), None))
+        x, y = self.feed.run(self.feed.inputs_at(np.array([position], dtype=np.int64), None))
         return x[0], y[0]
-
-    def _run(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            if self._pipe is None:
-                self._pipe = build_pipeline(self.feed.spec, prefetch_queue_depth=1)
-                self._pipe.build()
-            for name, batch in inputs.items():
-                self._pipe.feed_input(name, batch)
-            x, y = self._pipe.run()
-        if self.device == "gpu":
-            x, y = x.as_cpu(), y.as_cpu()
-        return x.as_array(), y.as_array()
 
     def dataset(self, *, start_epoch: int = 0):
         """A repeating ``tf.data.Dataset`` of (x, y) batches fed by DALI, the DALI dataset its last node.
@@ -313,8 +272,8 @@ class SequenceDataLoader:
         kind, device_id = resolve_device(device) if device is not None else (self.device, self.device_id)
         part = copy.copy(self)
         part.batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
-        part.device, part.device_id = kind, device_id
-        part._start(self.feed.for_shard(*shard, batch_size=part.batch_size, device=kind, device_id=device_id))
+        part.device, part.device_id, part.epoch = kind, device_id, 0
+        part.feed = self.feed.for_shard(*shard, batch_size=part.batch_size, device=kind, device_id=device_id)
         return part
 
     def distributed_dataset(self, strategy, *, start_epoch: int = 0):

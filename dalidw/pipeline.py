@@ -4,7 +4,8 @@ One graph for both devices and both sources of frames; only device strings and t
 
 - ``source="regions"``: each sample of the input "frames" is a whole region stack (T, H, W, C),
   handed over without a copy (the same stack for every tile of that region); DALI cuts the tile's
-  box out with ``slice`` (input "anchor" (y, x) and "shape" (h, w), in pixels).
+  box out with ``slice`` (input "box": (y, x, h, w) in pixels, one input rather than two because
+  each input costs the host a ``feed_input`` per batch).
 - ``source="crops"``: each sample is the tile's own (T, h, w, C) frames, cut on the host. With
   ``ragged`` (boxes of several sizes in one batch) the batch is zero-padded to its largest box and
   "shape" says what to keep.
@@ -18,13 +19,14 @@ dimension: a partial batch is simply a smaller batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .bands import DALI_TYPE_NAMES
 
 FRAMES = "frames"
-ANCHOR = "anchor"
+BOX = "box"
 SHAPE = "shape"
 TRANSPOSE = "transpose"
 FLIP_H = "flip_h"
@@ -33,7 +35,7 @@ TARGET = "target"
 
 SOURCES = ("crops", "regions")
 #: Inputs that are per-sample arguments (boxes, flags), read on the CPU by design.
-ARGUMENT_INPUTS = (ANCHOR, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
+ARGUMENT_INPUTS = (BOX, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ class GraphSpec:
         """The names of the graph's external inputs, in feeding order."""
         names = [FRAMES]
         if self.source == "regions":
-            names.append(ANCHOR)
-        if self.source == "regions" or self.ragged:
+            names.append(BOX)
+        elif self.ragged:
             names.append(SHAPE)
         if self.turns:
             names.append(TRANSPOSE)
@@ -152,11 +154,10 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
                   prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True, enable_conditionals=spec.turns)
     def sequences():
         x = fn.external_source(name=FRAMES, batch=True, layout="FHWC", dtype=in_type, ndim=4, device=spec.device,
-                               no_copy=spec.source == "regions")
+                               no_copy=spec.source == "regions" or spec.device == "cpu")
         if spec.source == "regions":
-            anchor = fn.external_source(name=ANCHOR, batch=True, dtype=types.INT32, ndim=1)
-            shape = fn.external_source(name=SHAPE, batch=True, dtype=types.INT32, ndim=1)
-            x = fn.slice(x, start=anchor, shape=shape, axes=[1, 2])
+            box = fn.external_source(name=BOX, batch=True, dtype=types.INT32, ndim=1)
+            x = fn.slice(x, start=box[0:2], shape=box[2:4], axes=[1, 2])
         elif spec.ragged:
             shape = fn.external_source(name=SHAPE, batch=True, dtype=types.INT32, ndim=1)
             x = fn.slice(x, start=[0, 0], shape=shape, axes=[1, 2])
@@ -194,6 +195,19 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
         return outputs
 
     return sequences()
+
+
+def stack_references(stacks: dict[int, Any], regions: np.ndarray) -> list:
+    """The "frames" input of a "regions" graph: for each of the b samples, its region's (T, H, W, C)
+    stack from ``stacks`` (region -> numpy or CuPy array), ``regions`` int (b,), as a DALI tensor
+    that shares the stack's memory. Each stack is wrapped once per batch, not once per sample:
+    DALI takes a list of its own tensors at about half the cost per sample of a list of arrays,
+    which it would wrap one by one."""
+    from nvidia.dali.tensors import TensorCPU, TensorGPU
+
+    wrapped = {region: TensorCPU(stack, "FHWC") if isinstance(stack, np.ndarray)
+               else TensorGPU(stack, "FHWC", int(stack.device.id)) for region, stack in stacks.items()}
+    return [wrapped[region] for region in regions.tolist()]
 
 
 def placement(outputs: list) -> list[tuple[str, str]]:

@@ -239,3 +239,19 @@ def test_tiles_of_one_size_go_as_whole_batches_and_still_match_the_reference(tmp
     assert ld.uniform_box == (30, 40)
     for index in range(len(ld)):
         assert_batch_matches_reference(ds, ld, index)
+
+
+def test_the_region_graph_cuts_the_same_batches_from_the_region_stacks_without_a_copy(dataset):
+    """The GPU path's graph (whole region stacks in, DALI slices the boxes), run here on the CPU,
+    gives the batches of the graph fed with crops cut on the host, augmentation included."""
+    ld = loader(dataset, augment=True, dim=(24, 24))
+    regions = ld.feed.replace(source="regions")
+    for index in range(len(ld)):
+        x, y = regions.run(regions.inputs(ld.epoch, index))
+        want_x, want_y = ld[index]
+        np.testing.assert_allclose(x, want_x, atol=ATOL, rtol=0, err_msg=f"batch {index}")
+        np.testing.assert_array_equal(y, want_y)
+    frames = regions.inputs(0, 0)["frames"]
+    stacks = list(regions.store.stacks(np.unique(regions.regions)).values())
+    assert len(frames) == ld.batch_size
+    assert all(any(np.shares_memory(np.asarray(f), s) for s in stacks) for f in frames), "no pixel is copied"
