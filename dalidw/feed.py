@@ -65,7 +65,7 @@ class BatchFeed:
         self.spec = spec
         self.device_store = device_store
         self._pipe, self._lock = None, threading.Lock()
-        self._sizes = np.ascontiguousarray(table.boxes[:, [3, 2]] - table.boxes[:, [1, 0]], dtype=np.int32)  # (h, w)
+        self._sizes = np.ascontiguousarray(table.sizes, dtype=np.int32)  # (h, w)
         self._boxes = np.ascontiguousarray(np.hstack([table.boxes[:, [1, 0]], self._sizes]), dtype=np.int32)
 
     def __len__(self) -> int:

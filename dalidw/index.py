@@ -45,6 +45,11 @@ class TileTable:
     def __len__(self) -> int:
         return len(self.tile_ids)
 
+    @property
+    def sizes(self) -> np.ndarray:
+        """int64 (N, 2) ``(h, w)`` of every box, in pixels."""
+        return self.boxes[:, [3, 2]] - self.boxes[:, [1, 0]]
+
 
 def key_text(value: Any) -> str:
     """The text of a label or region id as it appears in a path (2016.0 -> "2016")."""

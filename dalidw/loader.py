@@ -171,7 +171,7 @@ class SequenceDataLoader:
             target_size=0 if self.split_last else len(self.table.target_names), device=self.device,
             device_id=self.device_id, num_threads=self.num_threads, turns=turns,
             flips=any(c & 6 for c in augment_codes), source="crops" if device_store is None else "regions",
-            **box_facts(self.table.boxes[:, [3, 2]] - self.table.boxes[:, [1, 0]], self.dim, turns=turns))
+            **box_facts(self.table.sizes, self.dim, turns=turns))
         self.feed, self.epoch = BatchFeed(self.table, regions, order, store, spec, device_store), 0
 
     @property
