@@ -202,7 +202,7 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
     prefetch queue holds the next batches while the host feeds the one after; and the host's
     share of each batch (the feed's inputs, and with DALI's ``feed_input`` of them)."""
     from dalidw import SequenceDataLoader
-    from dalidw.pipeline import build_pipeline
+    from dalidw.pipeline import build_pipeline, feed_batch
 
     root = os.path.join(scratch, "speed")
     years = list(range(2016, 2023))
@@ -223,8 +223,7 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
         t0 = time.perf_counter()
         inputs = feed.inputs(1 + step // len(feed), step % len(feed))
         t1 = time.perf_counter()
-        for name, value in inputs.items():
-            pipe.feed_input(name, value)
+        feed_batch(pipe, inputs)
         host.append(t1 - t0)
         handed.append(time.perf_counter() - t0)
 

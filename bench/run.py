@@ -93,7 +93,7 @@ def host_ms_per_batch(loader) -> dict:
     """Median host milliseconds to hand one batch to DALI, cache warm: the feed's inputs plus DALI's
     ``feed_input`` of them, for the graph that dataset() runs ("crops": cut on the host) and for the
     GPU graph's feed ("regions": references to region stacks and boxes; measured here on the CPU)."""
-    from dalidw.pipeline import build_pipeline
+    from dalidw.pipeline import build_pipeline, feed_batch
 
     out = {}
     for source in ("crops", "regions"):
@@ -105,8 +105,7 @@ def host_ms_per_batch(loader) -> dict:
         times = []
         for index in range(min(len(feed), 12)):
             start = time.perf_counter()
-            for name, batch in feed.inputs(1, index).items():
-                pipe.feed_input(name, batch)
+            feed_batch(pipe, feed.inputs(1, index))
             times.append(time.perf_counter() - start)
             pipe.run()
         out[source] = 1000 * float(np.median(times))

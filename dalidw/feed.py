@@ -28,7 +28,19 @@ import numpy as np
 from .augment import as_graph_ops
 from .index import TileTable
 from .order import EpochOrder
-from .pipeline import BOX, FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, GraphSpec, build_pipeline, stack_references
+from .pipeline import (
+    BOX,
+    FLIP_H,
+    FLIP_V,
+    FRAMES,
+    SHAPE,
+    TARGET,
+    TRANSPOSE,
+    GraphSpec,
+    build_pipeline,
+    feed_batch,
+    stack_references,
+)
 from .regions import DeviceRegionStore, RegionStore
 
 
@@ -142,8 +154,7 @@ class BatchFeed:
             if self._pipe is None:
                 self._pipe = build_pipeline(self.spec, prefetch_queue_depth=1)
                 self._pipe.build()
-            for name, batch in inputs.items():
-                self._pipe.feed_input(name, batch)
+            feed_batch(self._pipe, inputs)
             x, y = self._pipe.run()
         if self.spec.device == "gpu":
             x, y = x.as_cpu(), y.as_cpu()
