@@ -21,7 +21,7 @@ from .geo import Grid, read_grid
 from .index import key_text, unsafe_name
 from .split import SPLITS, near_radius, parse_fractions, parse_split, split_tiles
 from .targets import TargetSpec, region_targets, target_problem
-from .validate import MAX_IMAGE_PIXELS, ImageInfo, read_header
+from .validate import ImageInfo, read_header
 
 
 def column_names(specs: Sequence[TargetSpec]) -> list[str]:
@@ -158,8 +158,8 @@ def _check_region(region: str, inputs: list[str], targets: list[str], specs: Seq
         except ValueError as err:
             problems.append(f"{path}: {err}")
             return None
-        if info.height * info.width > MAX_IMAGE_PIXELS:
-            problems.append(f"{path}: {info.width}x{info.height} pixels, more than {MAX_IMAGE_PIXELS}")
+        if problem := info.size_problem(path):
+            problems.append(problem)
             return None
         if path in inputs:
             infos.append(info)

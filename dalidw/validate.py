@@ -59,6 +59,12 @@ class ImageInfo:
             return f"{self.tile_shape[1]}x{self.tile_shape[0]} tiles, not multiples of 16"
         return None
 
+    def size_problem(self, path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+        """The problem line of an image larger than ``max_pixels`` (height x width), or None."""
+        if self.height * self.width <= max_pixels:
+            return None
+        return f"{path}: {self.width}x{self.height} pixels (width x height) is more than max_image_pixels={max_pixels}"
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -188,9 +194,8 @@ def check_images(
         elif channels.bands is None and channels.kept == 3 and info.photometric in NOT_RGB_PHOTOMETRICS:
             problems.append(f"{path}: photometric {info.photometric} is not RGB; n_channels=3 would read its first "
                             "3 bands as red, green and blue: pick the bands with bands=[...]")
-        if info.height * info.width > max_pixels:
-            problems.append(f"{path}: {info.width}x{info.height} pixels (width x height) is more than "
-                            f"max_image_pixels={max_pixels}")
+        if problem := info.size_problem(path, max_pixels):
+            problems.append(problem)
     if len(dtypes) > 1:
         problems.append("images mix sample types: " + ", ".join(f"{d} (e.g. {p})" for d, p in dtypes.items()))
 
