@@ -23,10 +23,20 @@ def check_labels(labels: Any) -> list[Any]:
     return list(labels)
 
 
+def check_size(value: Any, name: str, *, one_int: bool = False) -> tuple[int, int]:
+    """``value`` as (height, width) of positive ints; with ``one_int`` an int n also stands for (n, n).
+
+    Raises:
+        ValueError: naming ``name`` and the value received.
+    """
+    pair = (value, value) if one_int and is_int(value) else value
+    if not (isinstance(pair, (tuple, list, np.ndarray)) and len(pair) == 2 and all(is_int(v) and v > 0 for v in pair)):
+        raise ValueError(f"Expected `{name}` to be (height, width) of positive ints. Received: {name}={value!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def check_dim(dim: Any) -> tuple[int, int]:
-    if not (isinstance(dim, (tuple, list)) and len(dim) == 2 and all(is_int(v) and v > 0 for v in dim)):
-        raise ValueError(f"Expected `dim` to be (height, width) of positive ints. Received: dim={dim!r}")
-    return int(dim[0]), int(dim[1])
+    return check_size(dim, "dim")
 
 
 def check_batch_size(batch_size: Any) -> int:

@@ -19,6 +19,7 @@ from .errors import DataError, shown
 from .files import replaced
 from .geo import Grid, read_grid
 from .index import key_text, unsafe_name
+from .options import check_size
 from .split import SPLITS, near_radius, parse_fractions, parse_split, split_tiles
 from .targets import TargetSpec, region_targets, target_problem
 from .validate import ImageInfo, read_header
@@ -304,8 +305,8 @@ def plan_tiles(
         ValueError: an option out of range.
     """
     image_dir = os.fspath(image_dir)
-    tile = _pair(tile, "tile")
-    stride = tile if stride is None else _pair(stride, "stride")
+    tile = check_size(tile, "tile", one_int=True)
+    stride = tile if stride is None else check_size(stride, "stride", one_int=True)
     specs = [s if isinstance(s, TargetSpec) else TargetSpec.parse(s) for s in targets]
     names = column_names(specs)
     if not (isinstance(max_nodata, (int, float)) and 0 <= max_nodata <= 1):
@@ -414,19 +415,6 @@ def _repeated(values: Sequence[Any], codes: np.ndarray) -> Any:
     if all(isinstance(v, int) for v in values):
         return np.asarray(values, dtype=np.int64)[codes]
     return pd.Categorical.from_codes(codes, pd.Index(list(values), dtype=object))
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    """(height, width) of positive ints from an int or a pair."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-    try:
-        h, w = (int(v) for v in pair)
-        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair) and h >= 1 and w >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"Expected `{name}` to be (height, width) of positive ints. Received: {name}={value!r}")
-    return h, w
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -236,6 +236,17 @@ def test_targets_and_tiles_that_cannot_be_computed_name_the_file(tmp_path, optio
         build_tiles(image_dir, **options)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"tile": 0}, r"Expected `tile` to be \(height, width\) of positive ints. Received: tile=0"),
+    ({"tile": (10, 2.5)}, r"Received: tile=\(10, 2.5\)"),
+    ({"tile": 10, "stride": (5, 0)}, r"Expected `stride` to be .* Received: stride=\(5, 0\)"),
+])
+def test_tile_and_stride_must_be_positive_int_sizes(tmp_path, options, message):
+    image_dir, _ = class_maps(tmp_path, regions=1)
+    with pytest.raises(ValueError, match=message):
+        build_tiles(image_dir, **options)
+
+
 def test_a_class_target_needs_one_band_class_maps(tmp_path):
     for label in LABELS:
         write(str(tmp_path / "Images" / str(label) / "r.tif"), np.zeros((20, 20, 3), np.uint8), photometric="rgb")
