@@ -21,6 +21,10 @@ DTYPE_RANGES: dict[str, float | None] = {"uint8": 255.0, "uint16": 65535.0, "int
 DALI_TYPE_NAMES: dict[str, str] = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
 #: The sample types DALI's image decoder gives (signed samples take the tifffile path).
 DALI_DECODES = ("uint8", "uint16", "float32")
+#: The sample types DALI's GPU ("mixed") decoder gives right. On DALI 2.4 with nvImageCodec 0.9 it
+#: decodes float32 TIFFs to wrong pixels without an error (seen on an H200 by bench/gpu_check.py),
+#: so float32 regions are decoded by DALI's CPU decoder even when the graph runs on the GPU.
+DALI_GPU_DECODES = ("uint8", "uint16")
 
 
 @dataclass(frozen=True)

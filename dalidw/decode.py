@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .bands import DALI_DECODES, DALI_TYPE_NAMES
+from .bands import DALI_DECODES, DALI_GPU_DECODES, DALI_TYPE_NAMES
 from .errors import DecodeError, SlowPathWarning
 
 #: How many slow-path files a warning lists by name.
@@ -30,7 +30,8 @@ class RegionDecoder:
     DALI's decoder runs with ``output_type=ANY_DATA`` (all bands kept) and ``dtype`` set to the
     images' sample type (16-bit and float data kept). On the GPU the "mixed" decoder lets
     nvImageCodec decode on the device where it can (and fall back to its CPU codecs where it
-    cannot); the result is copied to host memory.
+    cannot); the result is copied to host memory. Float32 images are decoded by DALI's CPU
+    decoder on both devices (:func:`decode_backend`).
 
     Args:
         dtype: the sample type of the images (uint8, uint16, int16 or float32).
@@ -59,7 +60,7 @@ class RegionDecoder:
         self.num_threads = num_threads
         self.verify = verify
         self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
-        self.backend = "mixed" if device == "gpu" else "cpu"
+        self.backend = decode_backend(self.dtype, device)
         try:
             self._pipe = self._build()
         except Exception as err:  # DALI raises several kinds when an operator cannot be set up
@@ -187,6 +188,12 @@ class RegionDecoder:
         warnings.warn(f"dalidw: {len(new)} image(s) decoded by tifffile on the CPU (the slow path), as DALI's "
                       f"decoder cannot read them as stored: {listed}{more}. The batches are the same; only slower. "
                       "loader.slow_path lists them all.", SlowPathWarning, stacklevel=4)
+
+
+def decode_backend(dtype: np.dtype, device: str) -> str:
+    """DALI's decoder backend for images of ``dtype`` when the graph runs on ``device``: "mixed"
+    (nvImageCodec on the GPU) for the sample types it decodes right, else "cpu"."""
+    return "mixed" if device == "gpu" and np.dtype(dtype).name in DALI_GPU_DECODES else "cpu"
 
 
 def _read_bytes(path: str) -> bytes:

@@ -32,7 +32,7 @@ from .options import (
     check_shard,
 )
 from .order import EpochOrder, check_epoch
-from .pipeline import GraphSpec, box_facts
+from .pipeline import GPU_GRAPH_THREADS, GraphSpec, box_facts
 from .regions import DeviceRegionStore, RegionStore
 from .validate import MAX_IMAGE_PIXELS, check_images
 
@@ -75,7 +75,8 @@ class SequenceDataLoader:
         cache_bytes: bound of the decoded-region cache in host memory, in bytes. Its unit is a
             region's stack of T images; a stack larger than the bound is decoded whenever needed.
         min_tile_size: smallest box side accepted, in pixels.
-        num_threads: DALI's CPU threads (default: the machine's cores).
+        num_threads: DALI's CPU threads (default: the machine's cores; on the GPU the graph's own
+            default is ``pipeline.GPU_GRAPH_THREADS``, as its CPU side only reads per-sample boxes).
         progress: show a progress bar while checking headers (None: when it is worth it).
         verify_decode: decode every region a second time with tifffile and compare (slow; for
             auditing a dataset). Without it, only images that decode to all zeros are re-checked.
@@ -145,6 +146,7 @@ class SequenceDataLoader:
         self._device_fixed = device != "auto"
         self.device, self.device_id = resolve_device(device)
         self.num_threads = int(num_threads or os.cpu_count() or 1)
+        graph_threads = self.num_threads if num_threads or self.device == "cpu" else GPU_GRAPH_THREADS
 
         self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
         norm = dict(normalize=self.normalize and not self.channels.num_classes, scale=scale, mean=mean, std=std)
@@ -169,7 +171,7 @@ class SequenceDataLoader:
             input_dtype=self.images.dtype, gain=gain, offset=offset, interpolation=self.interpolation,
             num_classes=self.channels.num_classes or 0, split_last=self.split_last,
             target_size=0 if self.split_last else len(self.table.target_names), device=self.device,
-            device_id=self.device_id, num_threads=self.num_threads, turns=turns,
+            device_id=self.device_id, num_threads=graph_threads, turns=turns,
             flips=any(c & 6 for c in augment_codes), source="crops" if device_store is None else "regions",
             **box_facts(self.table.sizes, self.dim, turns=turns))
         self.feed, self.epoch = BatchFeed(self.table, regions, order, store, spec, device_store), 0

@@ -34,6 +34,10 @@ FLIP_V = "flip_v"
 TARGET = "target"
 
 SOURCES = ("crops", "regions")
+#: DALI CPU threads of a graph on the GPU, unless the user sets ``num_threads``. There the CPU side
+#: only reads per-sample boxes and flags: on an H200 with 16 cores 2 threads ran the region graph
+#: as fast as 16 (about 67,000 samples/s against 63,000-64,000) with 2.0 host cores busy, not 3.3.
+GPU_GRAPH_THREADS = 2
 #: Inputs that are per-sample arguments (boxes, flags), read on the CPU by design.
 ARGUMENT_INPUTS = (BOX, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
 
@@ -223,14 +227,26 @@ def feed_batch(pipe: Any, inputs: dict[str, Any]) -> None:
 
 
 def placement(outputs: list) -> list[tuple[str, str]]:
-    """(operator, device) of every operator on the data path to ``outputs`` (DALI output nodes),
-    argument inputs (boxes, flags) left out: they are per-sample scalars and belong on the CPU."""
+    """(operator, device) of every operator on the data path to ``outputs`` (DALI output nodes).
+    Argument inputs (boxes, flags) and the operators computed from them alone (the box's
+    subscripts) are left out: they are per-sample scalars and belong on the CPU."""
+    from_arguments: dict[int, bool] = {}
+
+    def argument_only(node) -> bool:
+        op = node.source
+        if op is None:
+            return False
+        if id(op) not in from_arguments:
+            from_arguments[id(op)] = str(op.name) in ARGUMENT_INPUTS or (
+                bool(op.inputs) and all(argument_only(n) for n in op.inputs))
+        return from_arguments[id(op)]
+
     seen: dict[int, tuple[str, str]] = {}
     stack = list(outputs)
     while stack:
         node = stack.pop()
         op = node.source
-        if op is None or id(op) in seen or str(op.name) in ARGUMENT_INPUTS:
+        if op is None or id(op) in seen or argument_only(node):
             continue
         seen[id(op)] = (str(op.name), str(node.device))
         stack.extend(op.inputs or [])

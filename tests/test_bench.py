@@ -76,7 +76,11 @@ def test_gpu_check_self_test_compares_the_region_graph_with_the_crop_graph(tmp_p
     for name, result in summary["parity"].items():
         assert result["ok"] and result["max_abs_diff"] <= 1e-5 and result["batches"] > 0, name
     assert summary["tiff_variants"]["uint8 RGB, deflate, tiled"] == {"ok": True, "decoded_by": "DALI cpu"}
-    assert summary["graph_speed"]["samples_per_s"] > 0 and summary["graph_speed"]["host_ms_per_batch"] > 0
+    speed = summary["graph_speed"]
+    for row in ("dalidw regions graph", "dalidw crops graph", "peer: array ops, regions resident"):
+        assert speed[row]["samples_per_s"] > 0 and speed[row]["host_cores_busy"] > 0, row
+    assert speed["dalidw regions graph"]["host_ms_per_batch"] > 0
+    assert speed["peer: array ops, regions resident"]["max_abs_diff_vs_dalidw"] <= 1e-5
 
 
 def test_gpu_check_comparison_fails_on_a_difference():
@@ -88,6 +92,8 @@ def test_gpu_check_comparison_fails_on_a_difference():
     b[1, 2] = 2e-5
     assert not compare(b, a)["ok"]
     assert not compare(a[:1], a)["ok"]
+    big = np.full((2, 3), 3.0, np.float32)  # the bound scales with the values: 1e-5 * 3
+    assert compare(big + 2e-5, big)["ok"] and not compare(big + 4e-5, big)["ok"]
 
 
 @pytest.mark.slow

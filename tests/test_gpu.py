@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dalidw import SequenceDataLoader
+from dalidw.pipeline import GPU_GRAPH_THREADS
 
 from .conftest import YEARS
 
@@ -14,6 +15,7 @@ def test_gpu_batches_equal_cpu_batches(dataset):
     kw = dict(dim=(24, 32), batch_size=4, random_seed=3)
     cpu = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="cpu", **kw)
     gpu = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="gpu", **kw)
+    assert gpu.feed.spec.source == "regions" and gpu.feed.spec.num_threads == GPU_GRAPH_THREADS
     for i in range(len(cpu)):
         assert cpu.tile_ids(i).tolist() == gpu.tile_ids(i).tolist()
         (xc, yc), (xg, yg) = cpu[i], gpu[i]

@@ -255,3 +255,27 @@ def test_the_region_graph_cuts_the_same_batches_from_the_region_stacks_without_a
     stacks = list(regions.store.stacks(np.unique(regions.regions)).values())
     assert len(frames) == ld.batch_size
     assert all(any(np.shares_memory(np.asarray(f), s) for s in stacks) for f in frames), "no pixel is copied"
+
+
+def test_placement_lists_the_data_path_not_the_box_arithmetic():
+    from dalidw.pipeline import GraphSpec, build_pipeline, placement
+
+    spec = GraphSpec(batch_size=2, dim=(8, 8), channels=3, frames=3, input_dtype=np.uint8, gain=(1 / 255,) * 3,
+                     offset=(0.0,) * 3, interpolation="linear", num_classes=0, split_last=False, target_size=1,
+                     device="cpu", device_id=None, num_threads=1, source="regions", turns=True, flips=True)
+    nodes: list = []
+    pipe = build_pipeline(spec, nodes=nodes)
+    names = [name for name, _ in placement(nodes)]
+    assert any("Slice" in n for n in names) and any("Resize" in n for n in names), names
+    # the box's start and shape subscripts are per-sample arguments: they stay on the CPU on both devices
+    assert not any("TensorSubscript" in n for n in names), names
+    del pipe
+
+
+def test_float32_regions_are_decoded_by_the_cpu_decoder_even_for_a_gpu_graph():
+    from dalidw.decode import decode_backend
+
+    # DALI 2.4's GPU decoder gives wrong float32 pixels without an error (bench/gpu_check.py shows it)
+    assert decode_backend(np.dtype("float32"), "gpu") == "cpu"
+    assert decode_backend(np.dtype("uint8"), "gpu") == decode_backend(np.dtype("uint16"), "gpu") == "mixed"
+    assert decode_backend(np.dtype("uint16"), "cpu") == "cpu"
