@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 import pandas as pd
@@ -106,11 +107,16 @@ SETUPS = {
 # -- part (a) --------------------------------------------------------------------------------------
 
 def compare(got: np.ndarray, expected: np.ndarray, atol: float = ATOL) -> dict:
-    """{"ok", "max_abs_diff"} of two batches; shapes must match."""
+    """{"ok", "max_abs_diff", "bound"} of two batches; shapes must match. The bound is ``atol``
+    times the batch's scale, max(1, max |expected|): float32 rounding grows with the values (a
+    normalized uint16 band reaches 3 and more), so outputs up to 1 get ``atol`` itself."""
     if got.shape != expected.shape:
         return {"ok": False, "why": f"shape {got.shape} != {expected.shape}"}
-    diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
-    return {"ok": bool(diff <= atol), "max_abs_diff": diff}
+    if not got.size:
+        return {"ok": True, "max_abs_diff": 0.0, "bound": atol}
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    bound = atol * max(1.0, float(np.max(np.abs(expected))))
+    return {"ok": bool(diff <= bound), "max_abs_diff": diff, "bound": bound}
 
 
 def device_feed(loader_device, loader_cpu, device: str):
@@ -132,7 +138,7 @@ def check_parity(device: str, scratch: str) -> dict:
         cpu = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device="cpu", **common)
         dev = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, **common) \
             if device == "gpu" else None
-        feed, worst, ok = device_feed(dev, cpu, device), 0.0, True
+        feed, worst, bound, ok = device_feed(dev, cpu, device), 0.0, ATOL, True
         for epoch in range(2):
             for index in range(len(cpu)):
                 cpu.epoch = epoch  # the CPU loader's own batch of this epoch
@@ -141,7 +147,8 @@ def check_parity(device: str, scratch: str) -> dict:
                 for result in (compare(gx, ex), compare(gy, ey)):
                     ok &= result["ok"]
                     worst = max(worst, result.get("max_abs_diff", np.inf))
-        out[name] = {"ok": bool(ok), "max_abs_diff": worst, "batches": 2 * len(cpu)}
+                    bound = max(bound, result.get("bound", ATOL))
+        out[name] = {"ok": bool(ok), "max_abs_diff": worst, "bound": bound, "batches": 2 * len(cpu)}
     return out
 
 
@@ -185,34 +192,73 @@ def check_variants(device: str, scratch: str) -> dict:
         layout = {"photometric": "rgb" if bands == 3 else "minisblack"}
         if bands > 1:
             layout["planarconfig"] = "contig"
-        tifffile.imwrite(path, image[..., 0] if bands == 1 else image, **layout, **options)
         decoder = RegionDecoder(dtype=np.dtype(dtype), device=device, device_id=0 if device == "gpu" else None)
         try:
+            tifffile.imwrite(path, image[..., 0] if bands == 1 else image, **layout, **options)
             decoded = decoder.decode([path], [(128, 96)])[0]
             same = bool(np.array_equal(decoded, read_with_tifffile(path)))
             how = "tifffile (slow path)" if path in decoder.slow_path else f"DALI {decoder.backend}"
             out[name] = {"ok": same, "decoded_by": how}
+            if device == "gpu":
+                out[name]["gpu_decoder_alone"] = gpu_decoder_agrees(path, dtype)
         except Exception as err:  # noqa: BLE001 - a report, not a loader
             out[name] = {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     return out
 
 
-def time_graph(device: str, scratch: str, *, batches: int) -> dict:
-    """Samples/s through the graph alone, regions resident, run as a loader would: DALI's
-    prefetch queue holds the next batches while the host feeds the one after; and the host's
-    share of each batch (the feed's inputs, and with DALI's ``feed_input`` of them)."""
+def gpu_decoder_agrees(path: str, dtype: str) -> str:
+    """Whether DALI's GPU ("mixed") decoder alone, whatever dalidw picks, gives tifffile's pixels
+    for ``path``: "same pixels", "other pixels" or the error it raised."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dalidw.bands import DALI_TYPE_NAMES
+    from dalidw.decode import read_with_tifffile
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0, prefetch_queue_depth=1)
+    def decode():
+        encoded = fn.external_source(name="encoded", batch=False, dtype=types.UINT8)
+        return fn.decoders.image(encoded, device="mixed", output_type=types.ANY_DATA,
+                                 dtype=getattr(types, DALI_TYPE_NAMES[dtype]))
+
+    try:
+        pipe = decode()
+        pipe.build()
+        with open(path, "rb") as f:
+            pipe.feed_input("encoded", [np.frombuffer(f.read(), np.uint8)])
+        (out,) = pipe.run()
+        pixels = np.array(out.as_cpu()[0])
+    except Exception as err:  # noqa: BLE001 - a report
+        return f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    expected = read_with_tifffile(path)
+    return "same pixels" if pixels.shape == expected.shape and np.array_equal(pixels, expected) else "other pixels"
+
+
+def speed_loader(device: str, scratch: str):
+    """The speed check's loader: T=7 regions, 40x45 boxes resized to 64x64x3 (regions of 1024x1024
+    and batch 256 on the GPU; smaller on the CPU self-test), its tiles table and images folder."""
     from dalidw import SequenceDataLoader
-    from dalidw.pipeline import build_pipeline, feed_batch
 
     root = os.path.join(scratch, "speed")
     years = list(range(2016, 2023))
     size = (1024, 1024) if device == "gpu" else (256, 256)
     table = write_set(root, years=years, regions=4, size=size, box=(40, 45), tiles=512 if device == "gpu" else 96)
     batch = 256 if device == "gpu" else 32
-    loader = SequenceDataLoader(years, table, os.path.join(root, "Images"), dim=(64, 64), batch_size=batch,
-                                device=device, random_seed=1)
-    feed = device_feed(loader, loader, device)
-    for index in range(len(feed)):  # every region decoded, and resident on the device
+
+    def make(on: str, **options):
+        return SequenceDataLoader(years, table, os.path.join(root, "Images"), dim=(64, 64), batch_size=batch,
+                                  device=on, random_seed=1, **options)
+
+    return make
+
+
+def time_feed(feed, *, batches: int, sync=None) -> dict:
+    """Samples/s through ``feed``'s graph alone, run as a loader would: DALI's prefetch queue holds
+    the next batches while the host feeds the one after. Also the host's share of each batch (the
+    feed's inputs; with DALI's ``feed_input`` of them), and the host CPU cores busy meanwhile
+    (process CPU time over wall time, DALI's threads included)."""
+    from dalidw.pipeline import build_pipeline, feed_batch
+
+    for index in range(len(feed)):  # every region decoded (and resident on the device)
         feed.inputs(0, index)
     pipe = build_pipeline(feed.spec, prefetch_queue_depth=PREFETCH)
     pipe.build()
@@ -231,27 +277,164 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
         hand(step)
     pipe.run()  # untimed: the first run allocates the graph's buffers
     hand(PREFETCH)
-    start, samples = time.perf_counter(), 0
+    cpu0, start, samples = os.times(), time.perf_counter(), 0
     for step in range(1, batches + 1):
         x, _ = pipe.run()  # batch `step`; the graph already works on the next ones
         samples += len(x)
         hand(step + PREFETCH)
+    if sync:
+        sync()  # the last batch's kernels have finished
+    wall, cpu1 = time.perf_counter() - start, os.times()
+    return {"samples_per_s": samples / wall, "host_ms_per_batch": 1000 * float(np.median(host)),
+            "host_ms_per_batch_with_feed_input": 1000 * float(np.median(handed)),
+            "host_cores_busy": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
+            "cpu_s_per_1000_samples": 1000 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / samples,
+            "batches": batches}
+
+
+def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float):
+    """The peer written with array ops alone (NumPy or CuPy): crops of ``stacks`` (R, T, H, W, C),
+    sample i from region ``regions[i]`` in box ``boxes[i]`` = (y, x, h, w), resized bilinearly to
+    ``dim`` with pixel centres at +0.5 and edges clamped to the box (as slicing then resizing does),
+    times ``gain``. Returns float32 (B, T, dim[0], dim[1], C)."""
+    frames = stacks.shape[1]
+    b = xp.asarray(boxes).astype(xp.float32)
+
+    def axis(origin, extent, n):
+        """(B, n) first source index, second source index and weight of the second along one axis."""
+        pos = (xp.arange(n, dtype=xp.float32)[None, :] + 0.5) * (extent[:, None] / n) - 0.5
+        pos = xp.clip(pos, 0, extent[:, None] - 1)
+        low = xp.floor(pos)
+        high = xp.minimum(low + 1, extent[:, None] - 1)
+        return (low + origin[:, None]).astype(xp.int32), (high + origin[:, None]).astype(xp.int32), pos - low
+
+    y0, y1, wy = axis(b[:, 0], b[:, 2], dim[0])
+    x0, x1, wx = axis(b[:, 1], b[:, 3], dim[1])
+    r = xp.asarray(regions).astype(xp.int32)[:, None, None, None]
+    t = xp.arange(frames, dtype=xp.int32)[None, :, None, None]
+    ya, yb, xa, xb = y0[:, None, :, None], y1[:, None, :, None], x0[:, None, None, :], x1[:, None, None, :]
+    wy, wx = wy[:, None, :, None, None], wx[:, None, None, :, None]
+    top = stacks[r, t, ya, xa] * (1 - wx) + stacks[r, t, ya, xb] * wx
+    bottom = stacks[r, t, yb, xa] * (1 - wx) + stacks[r, t, yb, xb] * wx
+    return ((top * (1 - wy) + bottom * wy) * gain).astype(xp.float32)
+
+
+def time_gather(feed, xp, *, batches: int, sync=None) -> dict:
+    """Samples/s of :func:`gather_resize` with every region resident in one array (on the GPU:
+    CuPy), fed the same boxes and regions as ``feed``'s batches; and its largest difference from
+    ``feed``'s own batch (x) on the first batch."""
+    regions = np.unique(feed.regions)
+    host = feed.store.stacks(regions)
+    stacks = xp.asarray(np.stack([host[r] for r in regions]))
+    slot = np.searchsorted(regions, feed.regions)
+    gain = float(feed.spec.gain[0])
+
+    def batch(step: int):
+        epoch, index = 1 + step // len(feed), step % len(feed)
+        positions = feed.order.positions(epoch, index)
+        box = feed.inputs(epoch, index, names=("box",))["box"]
+        return gather_resize(xp, stacks, slot[positions], box, feed.spec.dim, gain)
+
+    expected, _ = feed.run(feed.inputs(1, 0))
+    got = batch(0)
+    got = got.get() if hasattr(got, "get") else got
+    diff = float(np.max(np.abs(got - expected)))
+    batch(1)
+    if sync:
+        sync()
+    cpu0, start, samples = os.times(), time.perf_counter(), 0
+    for step in range(batches):
+        samples += len(batch(step))
+    if sync:
+        sync()
+    wall, cpu1 = time.perf_counter() - start, os.times()
+    return {"samples_per_s": samples / wall, "max_abs_diff_vs_dalidw": diff,
+            "host_cores_busy": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, "batches": batches}
+
+
+def time_roi_align(feed, *, batches: int) -> dict:
+    """Samples/s of torchvision's ``roi_align`` (aligned, one sample per bin: bilinear with pixel
+    centres at +0.5, but reading past a box's edge into its region) on every region resident on
+    the GPU as float32 planes, output laid out as dalidw's (B, T, H, W, C)."""
+    import torch
+    from torchvision.ops import roi_align
+
+    regions = np.unique(feed.regions)
+    host = feed.store.stacks(regions)
+    stacks = torch.from_numpy(np.stack([host[r] for r in regions])).cuda()
+    count, frames, height, width, channels = stacks.shape
+    planes = stacks.permute(0, 1, 4, 2, 3).reshape(count * frames, channels, height, width).float()
+    slot = np.searchsorted(regions, feed.regions)
+    gain, (oh, ow) = float(feed.spec.gain[0]), feed.spec.dim
+    steps = torch.arange(frames, device="cuda")
+
+    def batch(step: int):
+        epoch, index = 1 + step // len(feed), step % len(feed)
+        positions = feed.order.positions(epoch, index)
+        box = torch.from_numpy(feed.inputs(epoch, index, names=("box",))["box"]).cuda().float()
+        r = torch.from_numpy(slot[positions]).cuda()
+        index_of = (r[:, None] * frames + steps[None]).reshape(-1).float()
+        y, x, h, w = (box[:, k].repeat_interleave(frames) for k in range(4))
+        rois = torch.stack([index_of, x, y, x + w, y + h], dim=1)
+        out = roi_align(planes, rois, output_size=(oh, ow), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        return (out.view(len(positions), frames, channels, oh, ow).permute(0, 1, 3, 4, 2) * gain).contiguous()
+
+    expected, _ = feed.run(feed.inputs(1, 0))
+    diff = float(np.max(np.abs(batch(0).cpu().numpy() - expected)))
+    batch(1)
+    torch.cuda.synchronize()
+    cpu0, start, samples = os.times(), time.perf_counter(), 0
+    for step in range(batches):
+        samples += len(batch(step))
+    torch.cuda.synchronize()
+    wall, cpu1 = time.perf_counter() - start, os.times()
+    return {"samples_per_s": samples / wall, "max_abs_diff_vs_dalidw": diff,
+            "host_cores_busy": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, "batches": batches}
+
+
+def time_graph(device: str, scratch: str, *, batches: int) -> dict:
+    """The speed check, all rows on this machine in this run: dalidw's "regions" graph (regions
+    resident on ``device``, DALI cuts the crops), its "crops" graph (crops cut on the host, as
+    ``dataset()`` feeds it), on a GPU also the CPU loader's graph and two peers written without
+    DALI on regions resident on the GPU (CuPy array ops; torchvision's roi_align where installed).
+    Without a GPU the peer is the same array ops in NumPy."""
+    make = speed_loader(device, scratch)
+    loader = make(device)
+    feed, sync, xp = device_feed(loader, loader, device), None, np
     if device == "gpu":
         import cupy as cp
 
-        cp.cuda.runtime.deviceSynchronize()  # the last batch's kernels have finished
-    wall = time.perf_counter() - start
-    result = {"samples_per_s": samples / wall, "host_ms_per_batch": 1000 * float(np.median(host)),
-              "host_ms_per_batch_with_feed_input": 1000 * float(np.median(handed)),
-              "batch": batch, "frames": len(years), "output": [64, 64, 3], "box": [40, 45], "batches": batches,
-              "prefetch_queue_depth": PREFETCH}
+        sync, xp = cp.cuda.runtime.deviceSynchronize, cp
+    h, w = feed.box()
+    out: dict = {"setup": {"batch": feed.spec.batch_size, "frames": feed.spec.frames, "box": [h, w],
+                           "output": [*feed.spec.dim, feed.spec.channels], "prefetch_queue_depth": PREFETCH,
+                           "host_cores": os.cpu_count(), "regions": int(len(np.unique(feed.regions)))}}
+    rows = {"dalidw regions graph": lambda: time_feed(feed, batches=batches, sync=sync),
+            "dalidw crops graph": lambda: time_feed(loader.feed.replace(source="crops", device_store=None),
+                                                    batches=max(3, batches // 4), sync=sync)}
     if device == "gpu":
-        import cupy as cp
+        rows["dalidw crops graph, device cpu"] = lambda: time_feed(make("cpu").feed, batches=max(3, batches // 10))
+    rows["peer: array ops, regions resident"] = lambda: time_gather(feed, xp, batches=batches, sync=sync)
+    if device == "gpu":
+        rows["peer: torchvision roi_align, regions resident"] = lambda: time_roi_align(feed, batches=batches)
+    for name, row in rows.items():
+        out[name] = guarded(row)
+        if name == "dalidw regions graph" and device == "gpu":
+            free, total = xp.cuda.runtime.memGetInfo()
+            out["device_memory_used_mib"] = (total - free) / 2**20
+            out["device_regions_resident"] = len(loader.feed.device_store.cache)
+    return out
 
-        free, total = cp.cuda.runtime.memGetInfo()
-        result["device_memory_used_mib"] = (total - free) / 2**20
-        result["device_regions_resident"] = len(loader.feed.device_store.cache)
-    return result
+
+def guarded(work) -> dict:
+    """``work()``, or {"ok": False, "error": ..., "where": ...} when it raises: one check's failure
+    is reported without losing the others'."""
+    try:
+        return work()
+    except Exception as err:  # noqa: BLE001 - a report, not a loader
+        where = [line.strip() for line in traceback.format_exc().splitlines() if line.strip().startswith("File")][-3:]
+        return {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
+                "where": where}
 
 
 # -- part (b) --------------------------------------------------------------------------------------
@@ -313,24 +496,42 @@ def main() -> int:
         summary["skipped"] = "no GPU that DALI sees: nothing measured (run with --self-test to check on the CPU)"
         return report(summary, args.out, ok=True)
     summary["device"] = device
+    sections = {
+        "placement": lambda: check_placement(device),
+        "parity": lambda: check_parity(device, scratch),
+        "tiff_variants": lambda: check_variants(device, scratch),
+        "graph_speed": lambda: time_graph(device, scratch, batches=args.batches or (200 if device == "gpu" else 10)),
+        "tensorflow": (lambda: check_tensorflow(scratch)) if device == "gpu"
+        else (lambda: {"skipped": "self-test on the CPU"}),
+    }
+    summary["seconds"] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        summary["placement"] = check_placement(device)
-        summary["parity"] = check_parity(device, scratch)
-        summary["tiff_variants"] = check_variants(device, scratch)
-        summary["graph_speed"] = time_graph(device, scratch, batches=args.batches or (200 if device == "gpu" else 10))
-        summary["tensorflow"] = check_tensorflow(scratch) if device == "gpu" else {"skipped": "self-test on the CPU"}
-    ok = summary["placement"]["ok"] and all(r["ok"] for r in summary["parity"].values()) \
-        and summary["tensorflow"].get("ok", True)
+        for name, section in sections.items():
+            start = time.perf_counter()
+            summary[name] = guarded(section)
+            summary["seconds"][name] = round(time.perf_counter() - start, 1)
+            print(f"gpu_check: {name} done in {summary['seconds'][name]} s", file=sys.stderr, flush=True)
+            if args.out:  # what has been measured so far survives a later crash or time-out
+                write(summary, args.out)
+    parity = summary["parity"]
+    ok = summary["placement"].get("ok", False) and parity.get("ok", True) \
+        and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict)) \
+        and summary["tensorflow"].get("ok", True) and summary["tiff_variants"].get("ok", True) \
+        and all(row.get("ok", True) for row in summary["graph_speed"].values() if isinstance(row, dict))
     return report(summary, args.out, ok=ok)
+
+
+def write(summary: dict, path: str) -> None:
+    """``summary`` as JSON at ``path``."""
+    with open(path, "w") as f:
+        f.write(json.dumps(summary, indent=2, default=str))
 
 
 def report(summary: dict, path: str | None, *, ok: bool) -> int:
     summary["ok"] = bool(ok)
-    text = json.dumps(summary, indent=2, default=str)
-    print(text)
+    print(json.dumps(summary, indent=2, default=str))
     if path:
-        with open(path, "w") as f:
-            f.write(text)
+        write(summary, path)
     return 0 if ok else 1
 
 
