@@ -7,9 +7,11 @@ Same data and loop as the speed rows of ``bench/gpu_check.py`` (batch 256, T=7, 
 4 regions resident on the device, DALI two batches ahead). Each variant is a copy of the region graph
 with one thing changed: DALI's CPU threads, prefetch depth, the operators kept (slice alone; slice and
 resize without the multiply; one 3-D resize per sample instead of one per frame), the CUDA stream
-``feed_input`` is given, or inputs built once before the timing. Rows report samples/s, the host's
-median ms per batch to build the inputs and to hand them to ``feed_input``, host cores busy, and for
-full graphs the largest difference of the first batch from the first row's.
+``feed_input`` is given (0: the default stream; -1: DALI's own; an idle CuPy stream of its own, as
+the stacks were uploaded and synchronized before), or inputs built once before the timing. Rows
+report samples/s, the host's median ms per batch to build the inputs and to hand them to
+``feed_input``, host cores busy, and for full graphs the largest difference of the first batch from
+the first row's. The "idle stream" rows have not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ VARIANTS = [
     ("full", 16, 2, ""), ("full", 2, 2, ""), ("full", 1, 2, ""), ("full", 4, 2, ""),
     ("no multiply", 2, 2, ""), ("slice only", 2, 2, ""), ("3-D resize", 2, 2, ""), ("full", 2, 3, ""),
     ("full", 2, 2, "stream 0"), ("full", 2, 2, "stream -1"), ("full", 2, 2, "inputs built before"),
+    ("full", 2, 2, "idle stream"), ("full", 2, 3, "idle stream"), ("slice only", 2, 2, "idle stream"),
+    ("full", 16, 2, "idle stream"),
 ]
 
 
@@ -90,17 +94,17 @@ def time_variant(feed, pipe, *, batches: int, depth: int, stream=None, prebuilt=
     first, _ = pipe.run()
     first = np.array(first.as_cpu().as_array() if hasattr(first, "as_cpu") else first.as_array())
     give(depth)
-    cpu0, start, samples = os.times(), time.perf_counter(), 0
+    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
     for step in range(1, batches + 1):
         x, _ = pipe.run()
         samples += len(x)
         give(step + depth)
     if sync:
         sync()
-    wall, cpu1 = time.perf_counter() - start, os.times()
+    wall, cpu1 = time.perf_counter() - start, time.process_time()
     return first, {"samples_per_s": round(samples / wall), "host_ms_inputs": round(1000 * float(np.median(build)), 3),
                    "host_ms_feed_input": round(1000 * float(np.median(hand)), 3),
-                   "host_cores_busy": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, 2)}
+                   "host_cores_busy": round((cpu1 - cpu0) / wall, 2)}
 
 
 def main() -> int:
@@ -116,11 +120,11 @@ def main() -> int:
         feed = gpu_check.device_feed(loader, loader, args.device)
         for index in range(len(feed)):  # every region decoded and resident
             feed.inputs(0, index)
-        sync = None
+        sync, idle = None, None  # no stream to give a CPU graph
         if args.device == "gpu":
             import cupy as cp
 
-            sync = cp.cuda.runtime.deviceSynchronize
+            sync, idle = cp.cuda.runtime.deviceSynchronize, cp.cuda.Stream(non_blocking=True)
         reference = None
         for k, (kind, threads, depth, other) in enumerate(VARIANTS):
             name = f"{k}: {kind}, {threads} threads, depth {depth}" + (f", {other}" if other else "")
@@ -128,7 +132,7 @@ def main() -> int:
             def row(kind=kind, threads=threads, depth=depth, other=other):
                 nonlocal reference
                 prebuilt = [feed.inputs(1, i) for i in range(len(feed))] if other == "inputs built before" else None
-                stream = {"stream 0": 0, "stream -1": -1}.get(other)
+                stream = {"stream 0": 0, "stream -1": -1, "idle stream": idle}.get(other)
                 pipe = variant_graph(feed.spec, kind, threads, depth)
                 first, out = time_variant(feed, pipe, batches=batches, depth=depth, stream=stream, prebuilt=prebuilt,
                                           sync=sync)

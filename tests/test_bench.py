@@ -83,6 +83,20 @@ def test_gpu_check_self_test_compares_the_region_graph_with_the_crop_graph(tmp_p
     assert speed["peer: array ops, regions resident"]["max_abs_diff_vs_dalidw"] <= 1e-5
 
 
+def test_gpu_graph_variants_run_on_the_cpu_and_the_full_ones_agree(tmp_path):
+    out = tmp_path / "variants.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_variants.py"), "--device", "cpu", "--batches", "2",
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["variants"]
+    assert len(rows) == 15
+    for name, row in rows.items():
+        assert row["samples_per_s"] > 0 and row["host_cores_busy"] > 0, name
+        if "full" in name or "3-D" in name:
+            assert row["max_abs_diff_vs_row_0"] <= 1e-5, name
+
+
 def test_gpu_check_comparison_fails_on_a_difference():
     from gpu_check import compare
 
