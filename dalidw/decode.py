@@ -5,7 +5,9 @@ and any file DALI turns out to refuse) takes the slow path, tifffile on the CPU,
 output. Each file that takes the slow path is said once, in a warning, with the reason.
 
 DALI's decoder turns a damaged strip or tile into zeros or garbage without failing, so the bytes
-it gets are checked first, segment by segment (:func:`check_segments`).
+it gets are checked first, segment by segment (:func:`check_segments`). Its output for a storage
+layout it gets wrong is just as silent (float32 on the GPU, for one), so the first image of every
+layout it decodes is compared with tifffile's pixels; a layout that disagrees takes the slow path.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class RegionDecoder:
     them (:func:`check_segments`), once per file content: later decodes of the same bytes only
     compare a CRC-32. An image that decodes to all zeros is also decoded again with tifffile,
     which does fail; ``verify=True`` extends that to every image.
+
+    DALI's decoder can also give other pixels than the file holds, without an error, for a whole
+    storage layout (compression, predictor, sample type, bands, tiling, photometric, bit depth). The
+    first image of each layout DALI decodes is therefore compared with tifffile's pixels; when they
+    differ, that file and every later file of the layout take the slow path, with a
+    :class:`SlowPathWarning` naming the layout. One tifffile decode per layout is the whole cost.
     """
 
     def __init__(self, *, dtype: np.dtype, device: str, device_id: int | None, max_batch: int = 8,
@@ -60,6 +68,8 @@ class RegionDecoder:
         self.num_threads = num_threads
         self.verify = verify
         self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
+        self._layouts: dict[str, str] = {}  # path -> its storage layout, from the last check of its bytes
+        self._trusted: dict[str, bool] = {}  # layout -> whether DALI's decode of its first image was right
         self.backend = decode_backend(self.dtype, device)
         try:
             self._pipe = self._build()
@@ -75,6 +85,7 @@ class RegionDecoder:
                       "CPU decoder instead. Resizing and normalization still run on the GPU.", RuntimeWarning,
                       stacklevel=3)
         self.backend = "cpu"
+        self._trusted = {}  # what the GPU decoder got right says nothing of the CPU decoder
         self._pipe = self._build()
 
     def _build(self):
@@ -121,6 +132,12 @@ class RegionDecoder:
         for start in range(0, len(fast), self.max_batch):
             chunk = fast[start : start + self.max_batch]
             encoded = [self._read_checked(paths[i]) for i in chunk]
+            kept = [k for k, i in enumerate(chunk) if self._trusted.get(self._layouts[paths[i]]) is not False]
+            for k in set(range(len(chunk))) - set(kept):
+                self._distrust(paths[chunk[k]])
+            chunk, encoded = [chunk[k] for k in kept], [encoded[k] for k in kept]
+            if not chunk:
+                continue
             try:
                 decoded = self._run(encoded)
             except Exception as err:
@@ -130,8 +147,8 @@ class RegionDecoder:
                     self._pipe = self._build()
                 decoded = [self._decode_one(paths[i], e) for i, e in zip(chunk, encoded)]
             for i, image in zip(chunk, decoded):
-                if image is None:
-                    continue  # DALI refused it: it joined the slow path
+                if image is None or not self._layout_agrees(paths[i], image):
+                    continue  # DALI refused it or its layout: it joined the slow path
                 if self.verify or not image.any():
                     _check_with_tifffile(paths[i], image)
                 results[i] = image
@@ -163,9 +180,25 @@ class RegionDecoder:
         encoded = _read_bytes(path)
         key = (len(encoded), zlib.crc32(encoded))
         if self._sound.get(path) != key:
-            check_segments(path, encoded)
+            self._layouts[path] = check_segments(path, encoded)
             self._sound[path] = key
         return encoded
+
+    def _layout_agrees(self, path: str, image: np.ndarray) -> bool:
+        """Whether DALI's decode of ``path`` can be trusted: its layout's first image matched tifffile's
+        pixels (compared now if ``path`` is that first image). False: ``path`` joined the slow path."""
+        layout = self._layouts[path]
+        if layout not in self._trusted:
+            pixels = read_with_tifffile(path)
+            self._trusted[layout] = pixels.shape == image.shape and bool(
+                np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"))
+        if not self._trusted[layout]:
+            self._distrust(path)
+        return self._trusted[layout]
+
+    def _distrust(self, path: str) -> None:
+        self.slow_path[path] = (f"DALI's {self.backend} decoder gave other pixels than tifffile for a file stored as "
+                                f"{self._layouts[path]}")
 
     def _decode_one(self, path: str, encoded: bytes) -> np.ndarray | None:
         """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
@@ -204,8 +237,9 @@ def _read_bytes(path: str) -> bytes:
         raise DecodeError(path, f"cannot read the file: {err.strerror}") from None
 
 
-def check_segments(path: str, encoded: bytes) -> None:
-    """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (the bytes of ``path``).
+def check_segments(path: str, encoded: bytes) -> str:
+    """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (the bytes of ``path``),
+    and return its storage layout, e.g. "ADOBE_DEFLATE, predictor 2, uint16, 4 band(s), tiled, RGB, 16-bit".
 
     Each segment is decompressed by tifffile's codecs and must give the size its header implies;
     deflate streams must also match their Adler-32 checksum. Empty segments (byte count 0, the
@@ -219,8 +253,11 @@ def check_segments(path: str, encoded: bytes) -> None:
     try:
         with tifffile.TiffFile(io.BytesIO(encoded)) as tif:
             page = tif.pages.first
+            layout = (f"{_name(page.compression)}, predictor {int(page.predictor)}, {page.dtype}, "
+                      f"{int(page.samplesperpixel)} band(s), {'tiled' if page.is_tiled else 'strips'}, "
+                      f"{_name(page.photometric)}, {int(page.bitspersample)}-bit")
             if page.compression != 1 and page.compression not in tifffile.TIFF.DECOMPRESSORS:
-                return
+                return layout
             kind = "tile" if page.is_tiled else "strip"
             offsets, counts = page.dataoffsets, page.databytecounts
             decode, tables = page.decode, page.jpegtables
@@ -237,6 +274,12 @@ def check_segments(path: str, encoded: bytes) -> None:
             decode(encoded[offset : offset + count], index, jpegtables=tables)
         except Exception as err:  # the codecs raise their own kinds
             raise DecodeError(path, f"{where} is damaged: {type(err).__name__}: {err}") from None
+    return layout
+
+
+def _name(value: object) -> str:
+    """A tifffile enum's name, or the number where the value has none."""
+    return str(getattr(value, "name", value))
 
 
 def read_with_tifffile(path: str) -> np.ndarray:

@@ -123,6 +123,38 @@ def test_the_slow_path_gives_the_same_batches_as_dali(tmp_path, monkeypatch):
     assert fast.slow_path == {}
 
 
+def test_a_layout_that_dali_decodes_wrong_takes_the_slow_path_with_the_right_pixels(tmp_path, monkeypatch):
+    ds = make_dataset(tmp_path, bands=4, dtype="uint16", layout="deflate")
+    right, _ = loader(ds, bands=[3, 1])[0]
+
+    def wrong_run(self, encoded):  # a decoder that is off by one grey level on every file, silently
+        return [image + 1 for image in honest_run(self, encoded)]
+
+    from dalidw.decode import RegionDecoder
+
+    honest_run = RegionDecoder._run
+    monkeypatch.setattr(RegionDecoder, "_run", wrong_run)
+    with pytest.warns(SlowPathWarning, match="gave other pixels than tifffile for a file stored as "
+                                             "ADOBE_DEFLATE, predictor 1, uint16, 4 band"):
+        ld = loader(ds, bands=[3, 1])
+        x, _ = ld[0]
+    np.testing.assert_array_equal(x, right)
+    assert sorted(ld.slow_path) == sorted(str(p) for p in ld.images.paths[:, :2].ravel())
+
+
+def test_dali_output_is_compared_with_tifffile_once_per_layout(tmp_path, monkeypatch):
+    import dalidw.decode
+
+    ds = make_dataset(tmp_path, bands=3, layout="tiled", regions=3)
+    calls = []
+    real = dalidw.decode.read_with_tifffile
+    monkeypatch.setattr(dalidw.decode, "read_with_tifffile", lambda path: calls.append(path) or real(path))
+    ld = loader(ds)
+    for index in range(len(ld)):
+        ld[index]
+    assert ld.decoded_images == len(YEARS) * 3 and len(calls) == 1 and ld.slow_path == {}
+
+
 def test_planar_files_take_the_slow_path_with_one_warning_and_the_same_pixels(tmp_path):
     contig = make_dataset(tmp_path / "contig", bands=5, dtype="uint16", layout="deflate", seed=3)
     planar = make_dataset(tmp_path / "planar", bands=5, dtype="uint16", layout="deflate", seed=3, planar=True)
