@@ -129,15 +129,16 @@ def main() -> int:
         for k, (kind, threads, depth, other) in enumerate(VARIANTS):
             name = f"{k}: {kind}, {threads} threads, depth {depth}" + (f", {other}" if other else "")
 
-            def row(kind=kind, threads=threads, depth=depth, other=other):
+            def row(k=k, kind=kind, threads=threads, depth=depth, other=other):
                 nonlocal reference
                 prebuilt = [feed.inputs(1, i) for i in range(len(feed))] if other == "inputs built before" else None
                 stream = {"stream 0": 0, "stream -1": -1, "idle stream": idle}.get(other)
                 pipe = variant_graph(feed.spec, kind, threads, depth)
                 first, out = time_variant(feed, pipe, batches=batches, depth=depth, stream=stream, prebuilt=prebuilt,
                                           sync=sync)
-                if kind in ("full", "3-D resize"):  # the others compute something else
-                    reference = first if reference is None else reference
+                if k == 0:
+                    reference = first
+                if kind in ("full", "3-D resize") and reference is not None:  # the others compute something else
                     out["max_abs_diff_vs_row_0"] = float(np.max(np.abs(first - reference)))
                 return out
 

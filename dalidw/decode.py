@@ -70,6 +70,7 @@ class RegionDecoder:
         self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
         self._layouts: dict[str, str] = {}  # path -> its storage layout, from the last check of its bytes
         self._trusted: dict[str, bool] = {}  # layout -> whether DALI's decode of its first image was right
+        self._first: dict[str, str] = {}  # layout -> the file it was judged on
         self.backend = decode_backend(self.dtype, device)
         try:
             self._pipe = self._build()
@@ -192,13 +193,20 @@ class RegionDecoder:
             pixels = read_with_tifffile(path)
             self._trusted[layout] = pixels.shape == image.shape and bool(
                 np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"))
+            self._first[layout] = path
         if not self._trusted[layout]:
             self._distrust(path)
         return self._trusted[layout]
 
     def _distrust(self, path: str) -> None:
-        self.slow_path[path] = (f"DALI's {self.backend} decoder gave other pixels than tifffile for a file stored as "
-                                f"{self._layouts[path]}")
+        """Send ``path`` to the slow path, its layout being one DALI's decoder got wrong; the warning
+        names the layout once, with the file it was found on, not every later file of it."""
+        layout = self._layouts[path]
+        first = self._first[layout]
+        if path != first and first in self._warned:
+            self._warned.add(path)  # said with the layout's first file
+        self.slow_path[path] = (f"DALI's {self.backend} decoder gave other pixels than tifffile for {first}, stored "
+                                f"as {layout}: every file stored so is decoded by tifffile")
 
     def _decode_one(self, path: str, encoded: bytes) -> np.ndarray | None:
         """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
@@ -239,7 +247,8 @@ def _read_bytes(path: str) -> bytes:
 
 def check_segments(path: str, encoded: bytes) -> str:
     """Check every strip or tile of a TIFF's first image, as stored in ``encoded`` (the bytes of ``path``),
-    and return its storage layout, e.g. "ADOBE_DEFLATE, predictor 2, uint16, 4 band(s), tiled, RGB, 16-bit".
+    and return its storage layout, e.g. "ADOBE_DEFLATE, predictor 2, uint16, 4 band(s), 1 extra, CONTIG,
+    tiles of 256x256, RGB, 16-bit, little-endian".
 
     Each segment is decompressed by tifffile's codecs and must give the size its header implies;
     deflate streams must also match their Adler-32 checksum. Empty segments (byte count 0, the
@@ -253,9 +262,12 @@ def check_segments(path: str, encoded: bytes) -> str:
     try:
         with tifffile.TiffFile(io.BytesIO(encoded)) as tif:
             page = tif.pages.first
+            segments = (f"tiles of {page.tilelength}x{page.tilewidth}" if page.is_tiled
+                        else f"strips of {page.rowsperstrip} rows")
             layout = (f"{_name(page.compression)}, predictor {int(page.predictor)}, {page.dtype}, "
-                      f"{int(page.samplesperpixel)} band(s), {'tiled' if page.is_tiled else 'strips'}, "
-                      f"{_name(page.photometric)}, {int(page.bitspersample)}-bit")
+                      f"{int(page.samplesperpixel)} band(s), {len(page.extrasamples)} extra, "
+                      f"{_name(page.planarconfig)}, {segments}, {_name(page.photometric)}, "
+                      f"{int(page.bitspersample)}-bit, {'big' if tif.byteorder == '>' else 'little'}-endian")
             if page.compression != 1 and page.compression not in tifffile.TIFF.DECOMPRESSORS:
                 return layout
             kind = "tile" if page.is_tiled else "strip"

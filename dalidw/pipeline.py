@@ -35,8 +35,9 @@ TARGET = "target"
 
 SOURCES = ("crops", "regions")
 #: DALI CPU threads of a graph on the GPU, unless the user sets ``num_threads``. There the CPU side
-#: only reads per-sample boxes and flags: on an H200 with 16 cores 2 threads ran the region graph
-#: as fast as 16 (about 67,000 samples/s against 63,000-64,000) with 2.0 host cores busy, not 3.3.
+#: only reads per-sample boxes and flags: on an H200 with 16 cores, 2 threads ran the region graph
+#: at 64,500 samples/s with 1.9 host cores busy, 16 threads at 48,300 with 3.8
+#: (bench/results/gpu-variants-h200.json).
 GPU_GRAPH_THREADS = 2
 #: Inputs that are per-sample arguments (boxes, flags), read on the CPU by design.
 ARGUMENT_INPUTS = (BOX, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)

@@ -97,6 +97,18 @@ def test_gpu_graph_variants_run_on_the_cpu_and_the_full_ones_agree(tmp_path):
             assert row["max_abs_diff_vs_row_0"] <= 1e-5, name
 
 
+def test_gpu_check_fails_when_a_section_raised_or_a_variant_differs():
+    from gpu_check import passed
+
+    good = {"placement": {"ok": True}, "parity": {"setup": {"ok": True}}, "tensorflow": {"skipped": "no TF"},
+            "tiff_variants": {"deflate": {"ok": True}, "LZW": {"skipped": "no codec here"}},
+            "graph_speed": {"setup": {"batch": 4}, "row": {"samples_per_s": 1.0}, "device_memory_used_mib": 1.0}}
+    assert passed(good)
+    assert not passed({**good, "graph_speed": {"ok": False, "error": "RuntimeError", "where": []}})
+    assert not passed({**good, "tiff_variants": {"float32": {"ok": False, "decoded_by": "DALI mixed"}}})
+    assert not passed({**good, "parity": {"ok": False, "error": "ValueError"}})
+
+
 def test_gpu_check_comparison_fails_on_a_difference():
     from gpu_check import compare
 

@@ -24,6 +24,7 @@ def test_gpu_batches_equal_cpu_batches(dataset):
 
 
 def test_gpu_dataset_equals_gpu_loader(dataset):
+    pytest.importorskip("tensorflow")
     ld = SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, device="gpu", dim=(16, 16), batch_size=4)
     got = list(ld.dataset().take(len(ld)).as_numpy_iterator())
     for i, (x, _y) in enumerate(got):

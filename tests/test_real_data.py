@@ -1,6 +1,7 @@
 """Real Dynamic World and Sentinel-2 exports: many bands, 16-bit and float samples, class maps,
 planar and signed files on the slow path, and augmentation that is one transform per sequence."""
 
+import re
 import subprocess
 import sys
 import warnings
@@ -124,8 +125,9 @@ def test_the_slow_path_gives_the_same_batches_as_dali(tmp_path, monkeypatch):
 
 
 def test_a_layout_that_dali_decodes_wrong_takes_the_slow_path_with_the_right_pixels(tmp_path, monkeypatch):
-    ds = make_dataset(tmp_path, bands=4, dtype="uint16", layout="deflate")
-    right, _ = loader(ds, bands=[3, 1])[0]
+    ds = make_dataset(tmp_path, bands=4, dtype="uint16", layout="deflate", regions=3)
+    honest = loader(ds, bands=[3, 1])
+    right = [honest[index][0] for index in range(len(honest))]
 
     def wrong_run(self, encoded):  # a decoder that is off by one grey level on every file, silently
         return [image + 1 for image in honest_run(self, encoded)]
@@ -134,12 +136,16 @@ def test_a_layout_that_dali_decodes_wrong_takes_the_slow_path_with_the_right_pix
 
     honest_run = RegionDecoder._run
     monkeypatch.setattr(RegionDecoder, "_run", wrong_run)
-    with pytest.warns(SlowPathWarning, match="gave other pixels than tifffile for a file stored as "
-                                             "ADOBE_DEFLATE, predictor 1, uint16, 4 band"):
+    with pytest.warns(SlowPathWarning) as caught:
         ld = loader(ds, bands=[3, 1])
-        x, _ = ld[0]
-    np.testing.assert_array_equal(x, right)
-    assert sorted(ld.slow_path) == sorted(str(p) for p in ld.images.paths[:, :2].ravel())
+        got = [ld[index][0] for index in range(len(ld))]
+    for x, expected in zip(got, right, strict=True):
+        np.testing.assert_array_equal(x, expected)
+    said = [str(w.message) for w in caught if "other pixels" in str(w.message)]
+    assert len(said) == 1, said  # once for the layout, not once per region
+    assert re.search(r"other pixels than tifffile for \S+\.tif, stored as ADOBE_DEFLATE, predictor 1, uint16, "
+                     r"4 band\(s\)", said[0]), said[0]
+    assert sorted(ld.slow_path) == sorted(str(p) for p in ld.images.paths.ravel())
 
 
 def test_dali_output_is_compared_with_tifffile_once_per_layout(tmp_path, monkeypatch):
