@@ -266,11 +266,34 @@ def speed_loader(device: str, scratch: str):
     return make
 
 
+def after_warm_up(feed, step: int) -> tuple[int, int]:
+    """(epoch, batch index) of the ``step``-th batch after ``feed``'s warm-up epoch."""
+    return 1 + step // len(feed), step % len(feed)
+
+
+def run_ahead(pipe, give, *, batches: int, depth: int, sync=None):
+    """Run ``pipe`` as a loader does: ``give(step)`` feeds the step-th batch, DALI holds ``depth``
+    fed batches ahead, and ``batches`` runs are timed after an untimed first one (which allocates
+    the graph's buffers). Returns (the first run's x, samples, wall seconds, process CPU seconds of
+    every thread); ``sync`` waits for the device's last kernels before the clock stops."""
+    for step in range(depth):
+        give(step)
+    first, _ = pipe.run()
+    give(depth)
+    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
+    for step in range(1, batches + 1):
+        x, _ = pipe.run()  # batch `step`; the graph already works on the next ones
+        samples += len(x)
+        give(step + depth)
+    if sync:
+        sync()
+    return first, samples, time.perf_counter() - start, time.process_time() - cpu0
+
+
 def time_feed(feed, *, batches: int, sync=None) -> dict:
-    """Samples/s through ``feed``'s graph alone, run as a loader would: DALI's prefetch queue holds
-    the next batches while the host feeds the one after. Also the host's share of each batch (the
-    feed's inputs; with DALI's ``feed_input`` of them), and the host CPU cores busy meanwhile
-    (process CPU time, every thread, over wall time)."""
+    """Samples/s through ``feed``'s graph alone, run as a loader would (:func:`run_ahead`). Also
+    the host's share of each batch (the feed's inputs; with DALI's ``feed_input`` of them), and the
+    host CPU cores busy meanwhile (process CPU time, every thread, over wall time)."""
     from dalidw.pipeline import build_pipeline, feed_batch
 
     for index in range(len(feed)):  # every region decoded (and resident on the device)
@@ -282,29 +305,16 @@ def time_feed(feed, *, batches: int, sync=None) -> dict:
     def hand(step: int) -> None:
         """Feed the inputs of the step-th batch after the warm-up epoch, timing the host's part."""
         t0 = time.perf_counter()
-        inputs = feed.inputs(1 + step // len(feed), step % len(feed))
+        inputs = feed.inputs(*after_warm_up(feed, step))
         t1 = time.perf_counter()
         feed_batch(pipe, inputs)
         host.append(t1 - t0)
         handed.append(time.perf_counter() - t0)
 
-    for step in range(PREFETCH):  # DALI runs PREFETCH batches ahead, so it holds that many fed batches
-        hand(step)
-    pipe.run()  # untimed: the first run allocates the graph's buffers
-    hand(PREFETCH)
-    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
-    for step in range(1, batches + 1):
-        x, _ = pipe.run()  # batch `step`; the graph already works on the next ones
-        samples += len(x)
-        hand(step + PREFETCH)
-    if sync:
-        sync()  # the last batch's kernels have finished
-    wall, cpu1 = time.perf_counter() - start, time.process_time()
+    _, samples, wall, cpu = run_ahead(pipe, hand, batches=batches, depth=PREFETCH, sync=sync)
     return {"samples_per_s": samples / wall, "host_ms_per_batch": 1000 * float(np.median(host)),
             "host_ms_per_batch_with_feed_input": 1000 * float(np.median(handed)),
-            "host_cores_busy": (cpu1 - cpu0) / wall,
-            "cpu_s_per_1000_samples": 1000 * (cpu1 - cpu0) / samples,
-            "batches": batches}
+            "host_cores_busy": cpu / wall, "cpu_s_per_1000_samples": 1000 * cpu / samples, "batches": batches}
 
 
 def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float):
@@ -334,26 +344,25 @@ def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float)
     return ((top * (1 - wy) + bottom * wy) * gain).astype(xp.float32)
 
 
-def time_gather(feed, xp, *, batches: int, sync=None) -> dict:
-    """Samples/s of :func:`gather_resize` with every region resident in one array (on the GPU:
-    CuPy), fed the same boxes and regions as ``feed``'s batches; and its largest difference from
-    ``feed``'s own batch (x) on the first batch."""
+def resident(feed) -> tuple[np.ndarray, np.ndarray]:
+    """The peers' data: every region stack of ``feed`` in one uint8 array (R, T, H, W, C), and the
+    slot in it of each tile's region."""
     regions = np.unique(feed.regions)
     host = feed.store.stacks(regions)
-    stacks = xp.asarray(np.stack([host[r] for r in regions]))
-    slot = np.searchsorted(regions, feed.regions)
-    gain = float(feed.spec.gain[0])
+    return np.stack([host[r] for r in regions]), np.searchsorted(regions, feed.regions)
+
+
+def time_peer(feed, cut, to_numpy, *, batches: int, sync=None) -> dict:
+    """Samples/s of a peer: ``cut(positions, box)`` gives the batch x of the tiles at ``positions``
+    with their boxes (y, x, h, w), for the same batches as ``feed``'s; ``to_numpy`` brings one to
+    the host. Also its largest difference from ``feed``'s own first batch, and host cores busy."""
 
     def batch(step: int):
-        epoch, index = 1 + step // len(feed), step % len(feed)
-        positions = feed.order.positions(epoch, index)
-        box = feed.inputs(epoch, index, names=("box",))["box"]
-        return gather_resize(xp, stacks, slot[positions], box, feed.spec.dim, gain)
+        epoch, index = after_warm_up(feed, step)
+        return cut(feed.order.positions(epoch, index), feed.inputs(epoch, index, names=("box",))["box"])
 
-    expected, _ = feed.run(feed.inputs(1, 0))
-    got = batch(0)
-    got = got.get() if hasattr(got, "get") else got
-    diff = float(np.max(np.abs(got - expected)))
+    expected, _ = feed.run(feed.inputs(*after_warm_up(feed, 0)))
+    diff = float(np.max(np.abs(to_numpy(batch(0)) - expected)))
     batch(1)
     if sync:
         sync()
@@ -362,31 +371,39 @@ def time_gather(feed, xp, *, batches: int, sync=None) -> dict:
         samples += len(batch(step))
     if sync:
         sync()
-    wall, cpu1 = time.perf_counter() - start, time.process_time()
-    return {"samples_per_s": samples / wall, "max_abs_diff_vs_dalidw": diff,
-            "host_cores_busy": (cpu1 - cpu0) / wall, "batches": batches}
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    return {"samples_per_s": samples / wall, "max_abs_diff_vs_dalidw": diff, "host_cores_busy": cpu / wall,
+            "batches": batches}
+
+
+def time_gather(feed, xp, *, batches: int, sync=None) -> dict:
+    """:func:`time_peer` of :func:`gather_resize` with every region resident in one array (on the
+    GPU: CuPy)."""
+    stacks, slot = resident(feed)
+    stacks, gain = xp.asarray(stacks), float(feed.spec.gain[0])
+
+    def cut(positions, box):
+        return gather_resize(xp, stacks, slot[positions], box, feed.spec.dim, gain)
+
+    return time_peer(feed, cut, lambda x: x.get() if hasattr(x, "get") else x, batches=batches, sync=sync)
 
 
 def time_roi_align(feed, *, batches: int) -> dict:
-    """Samples/s of torchvision's ``roi_align`` (aligned, one sample per bin: bilinear with pixel
-    centres at +0.5, but reading past a box's edge into its region) on every region resident on
-    the GPU as float32 planes, output laid out as dalidw's (B, T, H, W, C)."""
+    """:func:`time_peer` of torchvision's ``roi_align`` (aligned, one sample per bin: bilinear with
+    pixel centres at +0.5, but reading past a box's edge into its region) on every region resident
+    on the GPU as float32 planes, output laid out as dalidw's (B, T, H, W, C)."""
     import torch
     from torchvision.ops import roi_align
 
-    regions = np.unique(feed.regions)
-    host = feed.store.stacks(regions)
-    stacks = torch.from_numpy(np.stack([host[r] for r in regions])).cuda()
+    stacks, slot = resident(feed)
+    stacks = torch.from_numpy(stacks).cuda()
     count, frames, height, width, channels = stacks.shape
     planes = stacks.permute(0, 1, 4, 2, 3).reshape(count * frames, channels, height, width).float()
-    slot = np.searchsorted(regions, feed.regions)
     gain, (oh, ow) = float(feed.spec.gain[0]), feed.spec.dim
     steps = torch.arange(frames, device="cuda")
 
-    def batch(step: int):
-        epoch, index = 1 + step // len(feed), step % len(feed)
-        positions = feed.order.positions(epoch, index)
-        box = torch.from_numpy(feed.inputs(epoch, index, names=("box",))["box"]).cuda().float()
+    def cut(positions, box):
+        box = torch.from_numpy(box).cuda().float()
         r = torch.from_numpy(slot[positions]).cuda()
         index_of = (r[:, None] * frames + steps[None]).reshape(-1).float()
         y, x, h, w = (box[:, k].repeat_interleave(frames) for k in range(4))
@@ -394,17 +411,7 @@ def time_roi_align(feed, *, batches: int) -> dict:
         out = roi_align(planes, rois, output_size=(oh, ow), spatial_scale=1.0, sampling_ratio=1, aligned=True)
         return (out.view(len(positions), frames, channels, oh, ow).permute(0, 1, 3, 4, 2) * gain).contiguous()
 
-    expected, _ = feed.run(feed.inputs(1, 0))
-    diff = float(np.max(np.abs(batch(0).cpu().numpy() - expected)))
-    batch(1)
-    torch.cuda.synchronize()
-    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
-    for step in range(batches):
-        samples += len(batch(step))
-    torch.cuda.synchronize()
-    wall, cpu1 = time.perf_counter() - start, time.process_time()
-    return {"samples_per_s": samples / wall, "max_abs_diff_vs_dalidw": diff,
-            "host_cores_busy": (cpu1 - cpu0) / wall, "batches": batches}
+    return time_peer(feed, cut, lambda x: x.cpu().numpy(), batches=batches, sync=torch.cuda.synchronize)
 
 
 def time_graph(device: str, scratch: str, *, batches: int) -> dict:

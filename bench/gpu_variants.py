@@ -70,41 +70,25 @@ def variant_graph(spec, kind: str, threads: int, depth: int):
 
 
 def time_variant(feed, pipe, *, batches: int, depth: int, stream=None, prebuilt=None, sync=None):
-    """(first batch's x as numpy, the row) for ``pipe`` fed ``feed``'s batches as a loader would."""
-    from nvidia.dali.tensors import TensorListCPU
+    """(first batch's x as numpy, the row) for ``pipe`` fed ``feed``'s batches as a loader would
+    (``gpu_check.run_ahead``)."""
+    from dalidw.pipeline import feed_batch
 
     build, hand = [], []
 
     def give(step: int) -> None:
         t0 = time.perf_counter()
-        inputs = prebuilt[step % len(prebuilt)] if prebuilt else feed.inputs(1 + step // len(feed), step % len(feed))
+        inputs = prebuilt[step % len(prebuilt)] if prebuilt else feed.inputs(*gpu_check.after_warm_up(feed, step))
         t1 = time.perf_counter()
-        for name, batch in inputs.items():
-            if isinstance(batch, np.ndarray):
-                pipe.feed_input(name, TensorListCPU(batch))
-            elif stream is None:
-                pipe.feed_input(name, batch)
-            else:
-                pipe.feed_input(name, batch, cuda_stream=stream)
+        feed_batch(pipe, inputs, cuda_stream=stream)
         build.append(t1 - t0)
         hand.append(time.perf_counter() - t1)
 
-    for step in range(depth):
-        give(step)
-    first, _ = pipe.run()
+    first, samples, wall, cpu = gpu_check.run_ahead(pipe, give, batches=batches, depth=depth, sync=sync)
     first = np.array(first.as_cpu().as_array() if hasattr(first, "as_cpu") else first.as_array())
-    give(depth)
-    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
-    for step in range(1, batches + 1):
-        x, _ = pipe.run()
-        samples += len(x)
-        give(step + depth)
-    if sync:
-        sync()
-    wall, cpu1 = time.perf_counter() - start, time.process_time()
     return first, {"samples_per_s": round(samples / wall), "host_ms_inputs": round(1000 * float(np.median(build)), 3),
                    "host_ms_feed_input": round(1000 * float(np.median(hand)), 3),
-                   "host_cores_busy": round((cpu1 - cpu0) / wall, 2)}
+                   "host_cores_busy": round(cpu / wall, 2)}
 
 
 def main() -> int:

@@ -132,25 +132,32 @@ class RegionDecoder:
         fast = [i for i, p in enumerate(paths) if p not in self.slow_path] if self._pipe is not None else []
         for start in range(0, len(fast), self.max_batch):
             chunk = fast[start : start + self.max_batch]
-            encoded = [self._read_checked(paths[i]) for i in chunk]
-            kept = [k for k, i in enumerate(chunk) if self._trusted.get(self._layouts[paths[i]]) is not False]
-            for k in set(range(len(chunk))) - set(kept):
-                self._distrust(paths[chunk[k]])
-            chunk, encoded = [chunk[k] for k in kept], [encoded[k] for k in kept]
-            if not chunk:
+            encoded = {i: self._read_checked(paths[i]) for i in chunk}
+            for i in chunk:
+                if self._trusted.get(self._layouts[paths[i]]) is False:  # a layout DALI got wrong before
+                    self._distrust(paths[i])
+                    del encoded[i]
+            if not encoded:
                 continue
             try:
-                decoded = self._run(encoded)
+                decoded = self._run(list(encoded.values()))
             except Exception as err:
                 if self.backend == "mixed":  # try DALI's CPU decoder before any file takes the slow path
                     self._to_cpu_backend(err)
                 else:
                     self._pipe = self._build()
-                decoded = [self._decode_one(paths[i], e) for i, e in zip(chunk, encoded)]
-            for i, image in zip(chunk, decoded):
-                if image is None or not self._layout_agrees(paths[i], image):
-                    continue  # DALI refused it or its layout: it joined the slow path
-                if self.verify or not image.any():
+                decoded = [self._decode_one(paths[i], e) for i, e in encoded.items()]
+            for i, image in zip(encoded, decoded):
+                if image is None:
+                    continue  # DALI refused it: it joined the slow path
+                layout = self._layouts[paths[i]]
+                compared = layout not in self._trusted
+                if compared:  # the layout's first image: DALI's pixels against tifffile's, once per layout
+                    self._trusted[layout], self._first[layout] = _same_as_tifffile(paths[i], image), paths[i]
+                if not self._trusted[layout]:
+                    self._distrust(paths[i])
+                    continue
+                if not compared and (self.verify or not image.any()):
                     _check_with_tifffile(paths[i], image)
                 results[i] = image
         for i, path in enumerate(paths):
@@ -184,19 +191,6 @@ class RegionDecoder:
             self._layouts[path] = check_segments(path, encoded)
             self._sound[path] = key
         return encoded
-
-    def _layout_agrees(self, path: str, image: np.ndarray) -> bool:
-        """Whether DALI's decode of ``path`` can be trusted: its layout's first image matched tifffile's
-        pixels (compared now if ``path`` is that first image). False: ``path`` joined the slow path."""
-        layout = self._layouts[path]
-        if layout not in self._trusted:
-            pixels = read_with_tifffile(path)
-            self._trusted[layout] = pixels.shape == image.shape and bool(
-                np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"))
-            self._first[layout] = path
-        if not self._trusted[layout]:
-            self._distrust(path)
-        return self._trusted[layout]
 
     def _distrust(self, path: str) -> None:
         """Send ``path`` to the slow path, its layout being one DALI's decoder got wrong; the warning
@@ -316,8 +310,17 @@ def read_with_tifffile(path: str) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+def _same_as_tifffile(path: str, image: np.ndarray) -> bool:
+    """Whether tifffile's decode of ``path`` gives ``image`` (NaN equal to NaN).
+
+    Raises:
+        DecodeError: tifffile cannot decode it.
+    """
+    pixels = read_with_tifffile(path)
+    return pixels.shape == image.shape and bool(np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"))
+
+
 def _check_with_tifffile(path: str, image: np.ndarray) -> None:
     """Raise DecodeError if tifffile cannot decode ``path`` or gives other pixels than ``image``."""
-    pixels = read_with_tifffile(path)
-    if pixels.shape != image.shape or not np.array_equal(pixels, image, equal_nan=pixels.dtype.kind == "f"):
+    if not _same_as_tifffile(path, image):
         raise DecodeError(path, "DALI's decoder and tifffile disagree on its pixels; the file may be damaged")
