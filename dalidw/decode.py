@@ -107,7 +107,8 @@ class RegionDecoder:
         pipe.build()
         return pipe
 
-    def _run(self, encoded: list[bytes]) -> list[np.ndarray]:
+    def run_dali(self, encoded: list[bytes]) -> list[np.ndarray]:
+        """DALI's decoding of whole encoded files, unchecked: one array (H, W, bands) each, on the host."""
         self._pipe.feed_input("encoded", [np.frombuffer(e, dtype=np.uint8) for e in encoded])
         (out,) = self._pipe.run()
         if self.backend == "mixed":
@@ -140,7 +141,7 @@ class RegionDecoder:
             if not encoded:
                 continue
             try:
-                decoded = self._run(list(encoded.values()))
+                decoded = self.run_dali(list(encoded.values()))
             except Exception as err:
                 if self.backend == "mixed":  # try DALI's CPU decoder before any file takes the slow path
                     self._to_cpu_backend(err)
@@ -205,7 +206,7 @@ class RegionDecoder:
     def _decode_one(self, path: str, encoded: bytes) -> np.ndarray | None:
         """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
         try:
-            return self._run([encoded])[0]
+            return self.run_dali([encoded])[0]
         except Exception as err:
             self._pipe = self._build()
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -27,6 +27,7 @@ import numpy as np
 
 from .augment import as_graph_ops
 from .index import TileTable
+from .options import check_shard
 from .order import EpochOrder
 from .pipeline import (
     BOX,
@@ -102,8 +103,16 @@ class BatchFeed:
 
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,
                   device_id: int | None) -> BatchFeed:
-        """The feed of one shard, sharing the table and the host store; its graph on ``device``."""
-        order = self.order.for_shard(shard_id, num_shards, batch_size=batch_size)
+        """The feed of one shard of this (unsharded) feed, sharing the table and the host store; its
+        graph on ``device``.
+
+        Raises:
+            ValueError: this feed is a shard already, or not 0 <= ``shard_id`` < ``num_shards``.
+        """
+        if self.order.num_shards != 1:
+            raise ValueError("only an unsharded loader splits into shards; this one is already shard "
+                             f"{self.order.shard_id} of {self.order.num_shards}")
+        order = self.order.for_shard(*check_shard(shard_id, num_shards), batch_size=batch_size)
         return self.replace(order=order, device_store=None, batch_size=batch_size, device=device,
                             device_id=device_id, source="crops")
 

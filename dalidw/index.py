@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, shown
+from .options import is_number
 
 LAST_IMAGE = "last-image"
 #: Largest pixel coordinate accepted (2**31 - 1: no TIFF is wider or taller).
@@ -91,13 +92,25 @@ def parse_box(value: Any) -> tuple[int, int, int, int]:
             raise ValueError(f"expected 4 numbers (xmin, ymin, xmax, ymax), got {len(items)}: {shown(value)}")
         out = []
         for item in items:
-            if isinstance(item, bool) or not isinstance(item, (int, float, np.integer, np.floating)):
+            if not is_number(item):
                 raise ValueError(f"expected 4 integers, got {shown(value)}")
             if not math.isfinite(float(item)) or not float(item).is_integer():
                 raise ValueError(f"expected 4 integers, got {shown(value)}")
             out.append(int(item))
         return tuple(out)  # type: ignore[return-value]
     raise ValueError(f"expected a '(xmin, ymin, xmax, ymax)' string or a tuple of 4 integers, got {shown(value)}")
+
+
+def splits_last(target: str | Sequence[str], labels: Sequence[object]) -> bool:
+    """Whether ``target`` is "last-image" (x holds the first T-1 frames, y the last).
+
+    Raises:
+        ValueError: "last-image" with fewer than 2 labels.
+    """
+    split = isinstance(target, str) and target == LAST_IMAGE
+    if split and len(labels) < 2:
+        raise ValueError(f"target='{LAST_IMAGE}' needs at least 2 labels. Received: labels={list(labels)!r}")
+    return split
 
 
 def target_columns(target: str | Sequence[str]) -> tuple[str, ...]:

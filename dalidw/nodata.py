@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .options import is_number
+
 #: The TIFF tag where GDAL writes an image's nodata value, as text.
 GDAL_NODATA_TAG = 42113
 
@@ -42,13 +44,13 @@ class NodataRule:
         Raises:
             ValueError: either is out of range.
         """
-        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.number)) or not math.isfinite(fill):
+        if not is_number(fill) or not math.isfinite(fill):
             raise ValueError(f"Expected `nodata_fill` to be a finite number. Received: nodata_fill={fill!r}")
         if nodata is None:
             return cls(fill=float(fill))
         if nodata == "tag":
             return cls(from_tag=True, fill=float(fill))
-        if isinstance(nodata, bool) or not isinstance(nodata, (int, float, np.number)):
+        if not is_number(nodata):
             raise ValueError("Expected `nodata` to be None, a number (NaN too) or 'tag' (each file's GDAL_NODATA). "
                              f"Received: nodata={nodata!r}")
         return cls(value=float(nodata), fill=float(fill))

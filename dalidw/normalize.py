@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .bands import DTYPE_RANGES
+from .bands import DTYPE_RANGES, ChannelSpec
+from .options import is_number
 
 
 def _per_channel(name: str, value: Any, channels: int) -> np.ndarray:
@@ -42,8 +43,7 @@ def affine(
         if not normalize:
             raise ValueError("`scale` divides the values when normalizing: it needs normalize=True. "
                              f"Received: scale={scale!r}, normalize=False")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) \
-                or not np.isfinite(scale) or scale <= 0:
+        if not is_number(scale) or not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"Expected `scale` to be a positive number. Received: scale={scale!r}")
         divisor = float(scale)
     elif normalize:
@@ -57,3 +57,18 @@ def affine(
     gain = 1.0 / (divisor * std_v)
     offset = -mean_v / std_v
     return tuple(float(g) for g in gain), tuple(float(o) for o in offset)
+
+
+def check_normalization(channels: ChannelSpec, normalize: bool, scale: float | None,
+                        mean: float | Sequence[float] | None, std: float | Sequence[float] | None) -> dict[str, Any]:
+    """The loader's ``normalize``, ``scale``, ``mean`` and ``std`` as keywords of :func:`affine`,
+    checked before any file is read (one-hot class maps are never normalized).
+
+    Raises:
+        ValueError: an option is out of range, or ``scale``, ``mean`` or ``std`` comes with ``num_classes``.
+    """
+    if channels.num_classes and (scale is not None or mean is not None or std is not None):
+        raise ValueError("`num_classes` gives one-hot channels of 0 and 1: `scale`, `mean` and `std` do not apply")
+    norm = dict(normalize=bool(normalize) and not channels.num_classes, scale=scale, mean=mean, std=std)
+    affine(np.dtype("uint8"), channels.kept, **norm)
+    return norm

@@ -14,6 +14,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """A real number (Python or numpy int or float, NaN included), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def check_labels(labels: Any) -> list[Any]:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
         raise ValueError("Expected `labels` to be a non-empty list of labels (e.g. years). "

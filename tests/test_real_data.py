@@ -134,8 +134,8 @@ def test_a_layout_that_dali_decodes_wrong_takes_the_slow_path_with_the_right_pix
 
     from dalidw.decode import RegionDecoder
 
-    honest_run = RegionDecoder._run
-    monkeypatch.setattr(RegionDecoder, "_run", wrong_run)
+    honest_run = RegionDecoder.run_dali
+    monkeypatch.setattr(RegionDecoder, "run_dali", wrong_run)
     with pytest.warns(SlowPathWarning) as caught:
         ld = loader(ds, bands=[3, 1])
         got = [ld[index][0] for index in range(len(ld))]

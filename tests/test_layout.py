@@ -1,0 +1,68 @@
+"""The package reads in one direction: every module imports only modules listed below it in the
+README's "Layout of the code", and no code reads another module's or object's private names."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dalidw"
+
+
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def layout_ranks() -> dict[str, tuple[int, int]]:
+    """Module name -> (line, place on the line) in the README's layout block."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("## Layout of the code") :]
+    block = block[block.index("```\ndalidw/") + 4 : block.index("\ntests/")]
+    ranks = {}
+    for line_no, line in enumerate(block.splitlines()):
+        names = re.findall(r"(\w+)\.py", line.split("  ")[1] if line.startswith("  ") else "")
+        for place, name in enumerate(names):
+            ranks[name] = (line_no, place)
+    return ranks
+
+
+def package_imports(path: Path) -> set[str]:
+    """The dalidw modules ``path`` imports, anywhere in it (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dalidw."):
+            found.add(node.module.split(".")[1])
+    return found & set(MODULES)
+
+
+def private_reads(path: Path) -> list[str]:
+    """``x._name`` on anything but ``self``/``cls``, and ``from ... import _name``, in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        attribute = isinstance(node, ast.Attribute) and re.match(r"_[^_]", node.attr) is not None \
+            and ast.unparse(node.value) not in ("self", "cls")
+        imported = isinstance(node, ast.ImportFrom) and any(re.match(r"_[^_]", a.name) for a in node.names)
+        if attribute or imported:
+            out.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return out
+
+
+def test_the_layout_lists_every_module_of_the_package():
+    assert sorted(layout_ranks()) == MODULES
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_module_imports_only_modules_below_it_in_the_layout(module):
+    ranks = layout_ranks()
+    upward = sorted(name for name in package_imports(PACKAGE / f"{module}.py") if ranks[name] <= ranks[module])
+    assert upward == [], f"{module}.py imports {upward}, listed at or above it"
+
+
+def test_no_code_reads_private_names_of_other_modules_or_objects():
+    files = [*PACKAGE.glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]
+    assert len(files) > 30
+    reads = [read for path in sorted(files) for read in private_reads(path)]
+    assert reads == []
