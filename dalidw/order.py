@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .augment import draw_codes
+from .options import is_int
 
 #: Salts that keep the random streams of one (seed, epoch) apart.
 LOCALITY_SALT = 0x10C
@@ -89,13 +90,15 @@ def shard_batch_sizes(n_tiles: int, batch_size: int, *, shard_id: int = 0, num_s
 
 
 def batch_positions(order: np.ndarray, batch: int, batch_size: int, *, shard_id: int = 0,
-                    num_shards: int = 1) -> np.ndarray:
-    """The tile positions of batch ``batch`` of shard ``shard_id`` of an epoch whose order is ``order``.
+                    num_shards: int = 1, sizes: np.ndarray | None = None) -> np.ndarray:
+    """The tile positions of batch ``batch`` of shard ``shard_id`` of an epoch whose order is ``order``
+    (``sizes``: that shard's :func:`shard_batch_sizes`, when already known).
 
     Raises:
         IndexError: the batch is outside ``[0, batch count)``.
     """
-    sizes = shard_batch_sizes(len(order), batch_size, shard_id=shard_id, num_shards=num_shards)
+    if sizes is None:
+        sizes = shard_batch_sizes(len(order), batch_size, shard_id=shard_id, num_shards=num_shards)
     if not 0 <= batch < len(sizes):
         raise IndexError(f"batch index {batch} is out of range for {len(sizes)} batches per epoch")
     start = int(sizes[:batch].sum())
@@ -179,11 +182,11 @@ class EpochOrder:
             TypeError: ``index`` is not an int.
             IndexError: ``index`` is outside the epoch's batches.
         """
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        if not is_int(index):
             raise TypeError(f"batch index must be an int, got {type(index).__name__}")
         index = int(index) + (len(self) if index < 0 else 0)
         return batch_positions(self.epoch(epoch), index, self.batch_size, shard_id=self.shard_id,
-                               num_shards=self.num_shards)
+                               num_shards=self.num_shards, sizes=self.batch_sizes)
 
     def codes(self, epoch: int, positions: np.ndarray) -> np.ndarray | None:
         """int8 (b,) augmentation transform of each tile at ``positions`` in ``epoch``, or None."""
@@ -201,6 +204,6 @@ def check_epoch(epoch: object) -> int:
     Raises:
         ValueError: it is not a non-negative int.
     """
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+    if not is_int(epoch) or epoch < 0:
         raise ValueError(f"Expected an epoch to be an int >= 0. Received: {epoch!r}")
     return int(epoch)

@@ -22,6 +22,7 @@ from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .errors import DecodeError
 from .nodata import NodataRule
+from .options import is_int
 from .validate import ImageSet, link_outside
 
 
@@ -33,7 +34,7 @@ class RegionCache:
     """
 
     def __init__(self, max_bytes: int, *, name: str = "cache_bytes"):
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+        if not is_int(max_bytes) or max_bytes < 0:
             raise ValueError(f"Expected `{name}` to be an int >= 0. Received: {name}={max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.nbytes = 0

@@ -212,7 +212,7 @@ def train(
     train_loader = SequenceDataLoader(labels, train_df, image_dir, shuffle=True, **common)
     val_loader = SequenceDataLoader(labels, val_df, image_dir, shuffle=False, **common)
     options["train_tiles"] = _tiles_digest(train_loader)
-    if saved is not None:
+    if saved is not None:  # checked before any file was read; again now that the training tiles are known
         _check_options(out_dir, saved["options"], options)
 
     scope = dist.scope() if dist is not None else contextlib.nullcontext()
