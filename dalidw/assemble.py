@@ -4,6 +4,7 @@ region stores, the epoch order, the graph spec, and the batch feed over them."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def device_store(store: RegionStore, device_id: int, cache_bytes: int | None) ->
         return None
 
 
-def graph_threads(num_threads: int | None, device: str, cores: int) -> int:
+def pick_graph_threads(num_threads: int | None, device: str, cores: int) -> int:
     """DALI threads of the graph: ``num_threads`` when set, else ``cores`` on the CPU and
     ``GPU_GRAPH_THREADS`` on the GPU (there its CPU side only reads per-sample boxes and flags)."""
     if num_threads:
@@ -37,11 +38,11 @@ def graph_threads(num_threads: int | None, device: str, cores: int) -> int:
     return cores if device == "cpu" else GPU_GRAPH_THREADS
 
 
-def assemble_feed(table: TileTable, images: ImageSet, channels: ChannelSpec, *, norm: dict, nodata: NodataRule,
-                  cache_bytes: int, device_cache_bytes: int | None, device: str, device_id: int | None,
-                  num_threads: int, graph_threads: int, verify_decode: bool, batch_size: int, seed: int,
-                  shuffle: bool, locality: int | str | None, augment: tuple[int, ...], shard: tuple[int, int],
-                  dim: tuple[int, int], interpolation: str, split_last: bool) -> BatchFeed:
+def assemble_feed(table: TileTable, images: ImageSet, channels: ChannelSpec, *, norm: dict[str, Any],
+                  nodata: NodataRule, cache_bytes: int, device_cache_bytes: int | None, device: str,
+                  device_id: int | None, num_threads: int, graph_threads: int, verify_decode: bool,
+                  batch_size: int, seed: int, shuffle: bool, locality: int | str | None, augment: tuple[int, ...],
+                  shard: tuple[int, int], dim: tuple[int, int], interpolation: str, split_last: bool) -> BatchFeed:
     """The batch feed of a loader over ``table`` and ``images``.
 
     Args:

@@ -64,11 +64,6 @@ def transform(frame: np.ndarray, code: int) -> np.ndarray:
     return out[:, ::-1] if code & 4 else out
 
 
-def turned_shape(h: int, w: int, code: int) -> tuple[int, int]:
-    """(h, w) of a frame after ``transform``."""
-    return (w, h) if code & 1 else (h, w)
-
-
 def as_graph_ops(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transform codes -> the same transforms as graph ops: (transpose height and width, then flip
     left-right, then flip up-down), each a bool (b,) array.

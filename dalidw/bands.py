@@ -58,7 +58,7 @@ class ChannelSpec:
             n_channels = len(bands)
         elif n_channels is None:
             n_channels = 1 if num_classes is not None else 3
-        elif isinstance(n_channels, bool) or n_channels not in (1, 3):
+        elif not is_int(n_channels) or n_channels not in (1, 3):
             raise ValueError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB); pick other bands with `bands=`. "
                              f"Received: n_channels={n_channels!r}")
         if num_classes is not None:

@@ -1,6 +1,7 @@
 """BatchFeed: the order, the region store and the graph spec -> the inputs of one batch.
 
-This module is the one home of three rules:
+This module is the one home of three rules (the batch sizes of the first are counted by
+``order.shard_batch_sizes``; every path takes its batches from the feed):
 
 **Partial batches.** An epoch of N tiles in batches of B is ceil(N / B) batches; the last one holds
 the N mod B tiles left (when B does not divide N) and nothing is padded, repeated or dropped. With
@@ -101,17 +102,26 @@ class BatchFeed:
                          dataclasses.replace(self.spec, **spec_changes),
                          self.device_store if device_store is False else device_store)
 
+    def check_unsharded(self, caller: str) -> None:
+        """The one rule for splitting a feed: only an unsharded one splits into shards.
+
+        Raises:
+            ValueError: naming ``caller`` (e.g. "shard()"), when this feed is a shard already.
+        """
+        if self.order.num_shards != 1:
+            raise ValueError(f"{caller} splits an unsharded loader; this one is already shard {self.order.shard_id} "
+                             f"of {self.order.num_shards}: build it without shard_id/num_shards")
+
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,
                   device_id: int | None) -> BatchFeed:
         """The feed of one shard of this (unsharded) feed, sharing the table and the host store; its
         graph on ``device``.
 
         Raises:
-            ValueError: this feed is a shard already, or not 0 <= ``shard_id`` < ``num_shards``.
+            ValueError: this feed is a shard already (see :meth:`check_unsharded`), or not
+                0 <= ``shard_id`` < ``num_shards``.
         """
-        if self.order.num_shards != 1:
-            raise ValueError("only an unsharded loader splits into shards; this one is already shard "
-                             f"{self.order.shard_id} of {self.order.num_shards}")
+        self.check_unsharded("for_shard()")
         order = self.order.for_shard(*check_shard(shard_id, num_shards), batch_size=batch_size)
         return self.replace(order=order, device_store=None, batch_size=batch_size, device=device,
                             device_id=device_id, source="crops")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .assemble import assemble_feed, graph_threads
+from .assemble import assemble_feed, pick_graph_threads
 from .augment import parse_augment
 from .bands import ChannelSpec
 from .devices import resolve_device
@@ -26,6 +26,7 @@ from .options import (
     check_dim,
     check_interpolation,
     check_labels,
+    check_limits,
     check_locality,
     check_seed,
     check_shard,
@@ -76,6 +77,8 @@ class SequenceDataLoader:
         self.split_last = splits_last(target, self.labels)
         self.random_seed = check_seed(random_seed)
         nodata_rule = NodataRule.from_options(nodata, nodata_fill)
+        check_limits(cache_bytes=cache_bytes, device_cache_bytes=device_cache_bytes, min_tile_size=min_tile_size,
+                     max_image_pixels=max_image_pixels, num_threads=num_threads)
         self._device_fixed = device != "auto"
         self.device, self.device_id = resolve_device(device)
         self.num_threads = int(num_threads or os.cpu_count() or 1)
@@ -85,7 +88,7 @@ class SequenceDataLoader:
         self.feed = assemble_feed(
             self.table, self.images, self.channels, norm=norm, nodata=nodata_rule, cache_bytes=cache_bytes,
             device_cache_bytes=device_cache_bytes, device=self.device, device_id=self.device_id,
-            num_threads=self.num_threads, graph_threads=graph_threads(num_threads, self.device, self.num_threads),
+            num_threads=self.num_threads, graph_threads=pick_graph_threads(num_threads, self.device, self.num_threads),
             verify_decode=verify_decode, batch_size=self.batch_size, seed=self.random_seed, shuffle=self.shuffle,
             locality=locality, augment=augment_codes, shard=shard, dim=self.dim, interpolation=self.interpolation,
             split_last=self.split_last)
@@ -164,12 +167,13 @@ class SequenceDataLoader:
         """A loader of one shard of this loader's tiles, sharing its checked table, images and region
         cache (no file is read again), at epoch 0 with the same seed, so all shards agree on every
         epoch's order. ``batch_size`` and ``device`` default to this loader's."""
+        self.feed.check_unsharded("shard()")
+        shard = check_shard(shard_id, num_shards)
         kind, device_id = resolve_device(device) if device is not None else (self.device, self.device_id)
         part = copy.copy(self)
         part.batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         part.device, part.device_id, part.epoch = kind, device_id, 0
-        part.feed = self.feed.for_shard(shard_id, num_shards, batch_size=part.batch_size, device=kind,
-                                        device_id=device_id)
+        part.feed = self.feed.for_shard(*shard, batch_size=part.batch_size, device=kind, device_id=device_id)
         return part
 
     def distributed_dataset(self, strategy, *, start_epoch: int = 0):

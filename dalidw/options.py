@@ -19,6 +19,30 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def check_int(value: Any, name: str, *, minimum: int, none: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum``; None passes where ``none``.
+
+    Raises:
+        ValueError: naming ``name`` and the value received.
+    """
+    if value is None and none:
+        return None
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an int >= {minimum}{' or None' if none else ''}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
+
+def check_limits(*, cache_bytes: Any, device_cache_bytes: Any, min_tile_size: Any, max_image_pixels: Any,
+                 num_threads: Any) -> None:
+    """The loader's bounds and counts, checked before any file is read."""
+    check_int(cache_bytes, "cache_bytes", minimum=0)
+    check_int(device_cache_bytes, "device_cache_bytes", minimum=0, none=True)
+    check_int(min_tile_size, "min_tile_size", minimum=1)
+    check_int(max_image_pixels, "max_image_pixels", minimum=1)
+    check_int(num_threads, "num_threads", minimum=1, none=True)
+
+
 def check_labels(labels: Any) -> list[Any]:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
         raise ValueError("Expected `labels` to be a non-empty list of labels (e.g. years). "

@@ -22,7 +22,7 @@ from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .errors import DecodeError
 from .nodata import NodataRule
-from .options import is_int
+from .options import check_int
 from .validate import ImageSet, link_outside
 
 
@@ -34,9 +34,7 @@ class RegionCache:
     """
 
     def __init__(self, max_bytes: int, *, name: str = "cache_bytes"):
-        if not is_int(max_bytes) or max_bytes < 0:
-            raise ValueError(f"Expected `{name}` to be an int >= 0. Received: {name}={max_bytes!r}")
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = int(check_int(max_bytes, name, minimum=0))
         self.nbytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
 

@@ -133,8 +133,7 @@ def distribute(feed: BatchFeed, strategy, *, start_epoch: int = 0, device_fixed:
     device explicitly; a replica on another kind of device is then an error, not a silent switch.
     """
     tf, _ = import_plugin()
-    if feed.order.num_shards != 1:
-        raise ValueError("distributed_dataset() shards the loader itself: build it without shard_id/num_shards")
+    feed.check_unsharded("distributed_dataset()")
     per_replica = per_replica_batch(feed.spec.batch_size, int(strategy.num_replicas_in_sync))
     devices = list(strategy.extended.worker_devices)
     placements = [_replica_device(tf, d) for d in devices]

@@ -21,7 +21,8 @@ def layout_ranks() -> dict[str, tuple[int, int]]:
     block = block[block.index("```\ndalidw/") + 4 : block.index("\ntests/")]
     ranks = {}
     for line_no, line in enumerate(block.splitlines()):
-        names = re.findall(r"(\w+)\.py", line.split("  ")[1] if line.startswith("  ") else "")
+        listed = re.match(r"  ((?:\w+\.py(?:, )?)+)", line)  # the names before the description
+        names = re.findall(r"(\w+)\.py", listed.group(1)) if listed else []
         for place, name in enumerate(names):
             ranks[name] = (line_no, place)
     return ranks
@@ -35,17 +36,24 @@ def package_imports(path: Path) -> set[str]:
             found.update([node.module] if node.module else [a.name for a in node.names])
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dalidw."):
             found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "dalidw":
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("dalidw."))
     return found & set(MODULES)
 
 
 def private_reads(path: Path) -> list[str]:
-    """``x._name`` on anything but ``self``/``cls``, and ``from ... import _name``, in ``path``."""
+    """``x._name`` on anything but ``self``/``cls``, ``from ... import _name``, and ``getattr``,
+    ``setattr`` or ``monkeypatch.setattr`` of a ``"_name"``, in ``path``."""
     out = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         attribute = isinstance(node, ast.Attribute) and re.match(r"_[^_]", node.attr) is not None \
             and ast.unparse(node.value) not in ("self", "cls")
         imported = isinstance(node, ast.ImportFrom) and any(re.match(r"_[^_]", a.name) for a in node.names)
-        if attribute or imported:
+        by_name = isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] in ("getattr", "setattr") \
+            and any(isinstance(arg, ast.Constant) and re.match(r"_[^_]", str(arg.value)) for arg in node.args[1:2])
+        if attribute or imported or by_name:
             out.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
     return out
 

@@ -2,6 +2,7 @@
 (as tifffile and rasterio read them) or are refused by name; NaN stays where it is; hostile tables
 and files are refused with the row or the file named."""
 
+import inspect
 import os
 import shutil
 import subprocess
@@ -47,6 +48,16 @@ def test_a_palette_image_gives_its_stored_indices_not_colours(tmp_path):
     assert "palette" in next(iter(ld.slow_path.values()))
     one_hot, _ = first_frame(image_dir, n_channels=1, num_classes=4)
     np.testing.assert_array_equal(one_hot.argmax(-1), ids)
+
+
+def test_the_slow_path_warning_points_at_the_line_that_builds_the_loader(tmp_path):
+    from dalidw import SlowPathWarning
+
+    image_dir = write_region(tmp_path, np.zeros((12, 16), np.uint16), bitspersample=12, photometric="minisblack")
+    with pytest.warns(SlowPathWarning) as caught:
+        line = inspect.currentframe().f_lineno + 1
+        SequenceDataLoader(YEARS, table(), image_dir, device="cpu", n_channels=1, dim=(12, 16))
+    assert [(w.filename, w.lineno) for w in caught if w.category is SlowPathWarning] == [(__file__, line)]
 
 
 def test_a_palette_image_is_not_read_as_rgb(tmp_path):

@@ -1,6 +1,7 @@
 """The README is the one home of the loader's option and method documentation: its tables name
 every parameter, in the order of the signature, and every public member."""
 
+import ast
 import inspect
 import re
 from pathlib import Path
@@ -22,6 +23,30 @@ def test_the_parameters_table_names_every_parameter_in_signature_order():
     assert documented == signature
 
 
+#: How the table writes defaults that are not Python literals.
+WRITTEN = {"2 GiB": 2 << 30, "2**30": 2**30, "cores": None}
+
+
+def test_the_parameters_table_gives_each_parameters_default():
+    parameters = inspect.signature(SequenceDataLoader).parameters
+    checked = 0
+    for row in (line for line in section("Parameters").splitlines() if line.startswith("| `")):
+        names_cell, default_cell = row.split("|")[1:3]
+        names = re.findall(r"`(\w+)`", names_cell)
+        written = [w.strip() for w in default_cell.split(",")] if len(names) > 1 else [default_cell.strip()]
+        if len(written) == 1:  # "`mean`, `std` | None": one default for both
+            written = written * len(names)
+        for name, text in zip(names, written, strict=True):
+            default = parameters[name].default
+            if default is inspect.Parameter.empty:
+                assert text == "", name
+            else:
+                value = WRITTEN[text] if text in WRITTEN else ast.literal_eval(text)
+                assert value == default and type(value) is type(default), (name, text, default)
+            checked += 1
+    assert checked == len(parameters)
+
+
 def test_the_keyword_only_boundary_in_the_readme_is_the_signatures():
     first_keyword = re.search(r"Options from `(\w+)` on are keyword-only", README).group(1)
     parameters = inspect.signature(SequenceDataLoader).parameters
@@ -29,9 +54,18 @@ def test_the_keyword_only_boundary_in_the_readme_is_the_signatures():
     assert keyword_only[0] == first_keyword
 
 
-def test_every_public_member_of_the_loader_is_in_what_you_get():
+def instance_attributes() -> set[str]:
+    """The names ``SequenceDataLoader.__init__`` assigns to ``self.``."""
+    tree = ast.parse(inspect.getsource(SequenceDataLoader.__init__).strip())
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name) and node.value.id == "self"}
+
+
+def test_every_public_member_and_attribute_of_the_loader_is_in_what_you_get():
     table = section("What you get")
-    members = [name for name in vars(SequenceDataLoader) if not name.startswith("_")]
-    assert members, "the loader has public members"
-    missing = [name for name in members if f"`loader.{name}" not in table]
+    members = {name for name in vars(SequenceDataLoader) if not name.startswith("_")} | instance_attributes()
+    public = sorted(name for name in members if not name.startswith("_"))
+    assert {"dataset", "dim", "feed"} <= set(public)
+    missing = [name for name in public if not re.search(rf"`loader\.{name}\b", table)]
     assert missing == []

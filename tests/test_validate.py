@@ -86,3 +86,19 @@ def test_bad_options_are_named(dataset, kw, message):
     options = {"device": "cpu", **kw}
     with pytest.raises(ValueError, match=message):
         SequenceDataLoader(YEARS, dataset.table, dataset.image_dir, **options)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"cache_bytes": -1}, r"Expected `cache_bytes` to be an int >= 0. Received: cache_bytes=-1"),
+    ({"cache_bytes": 1.5e9}, "Expected `cache_bytes` to be an int >= 0"),
+    ({"device_cache_bytes": -2}, r"Expected `device_cache_bytes` to be an int >= 0 or None"),
+    ({"min_tile_size": 0}, "Expected `min_tile_size` to be an int >= 1"),
+    ({"max_image_pixels": 0}, "Expected `max_image_pixels` to be an int >= 1"),
+    ({"num_threads": 2.5}, r"Expected `num_threads` to be an int >= 1 or None. Received: num_threads=2.5"),
+    ({"num_threads": "4"}, "Expected `num_threads`"),
+    ({"scale": -1}, "Expected `scale` to be a positive number"),
+])
+def test_bad_bounds_and_counts_are_named_before_any_file_is_read(tmp_path, dataset, kw, message):
+    missing = tmp_path / "no-such-folder"  # reading any file would be a DataError naming it
+    with pytest.raises(ValueError, match=message):
+        SequenceDataLoader(YEARS, dataset.table, missing, device="cpu", **kw)
