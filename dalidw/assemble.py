@@ -30,24 +30,18 @@ def device_store(store: RegionStore, device_id: int, cache_bytes: int | None) ->
         return None
 
 
-def pick_graph_threads(num_threads: int | None, device: str, cores: int) -> int:
-    """DALI threads of the graph: ``num_threads`` when set, else ``cores`` on the CPU and
-    ``GPU_GRAPH_THREADS`` on the GPU (there its CPU side only reads per-sample boxes and flags)."""
-    if num_threads:
-        return int(num_threads)
-    return cores if device == "cpu" else GPU_GRAPH_THREADS
-
-
 def assemble_feed(table: TileTable, images: ImageSet, channels: ChannelSpec, *, norm: dict[str, Any],
                   nodata: NodataRule, cache_bytes: int, device_cache_bytes: int | None, device: str,
-                  device_id: int | None, num_threads: int, graph_threads: int, verify_decode: bool,
+                  device_id: int | None, num_threads: int, graph_threads: int | None, verify_decode: bool,
                   batch_size: int, seed: int, shuffle: bool, locality: int | str | None, augment: tuple[int, ...],
                   shard: tuple[int, int], dim: tuple[int, int], interpolation: str, split_last: bool) -> BatchFeed:
     """The batch feed of a loader over ``table`` and ``images``.
 
     Args:
         norm: ``normalize``, ``scale``, ``mean`` and ``std`` for :func:`normalize.affine`.
-        num_threads: DALI threads of the region decoder; ``graph_threads``: of the graph.
+        num_threads: DALI threads of the region decoder (and of a graph on the CPU).
+        graph_threads: DALI threads of the graph as the user set them; None: ``num_threads`` on the CPU,
+            ``GPU_GRAPH_THREADS`` on the GPU (there its CPU side only reads per-sample boxes and flags).
         locality: regions per shuffle window, "auto" (as many as ``cache_bytes`` holds) or None.
         augment: the transform codes drawn from (``augment.parse_augment``).
         shard: (shard_id, num_shards).
@@ -66,12 +60,13 @@ def assemble_feed(table: TileTable, images: ImageSet, channels: ChannelSpec, *, 
     order = EpochOrder(len(table), batch_size, seed=seed, shuffle=shuffle, groups=regions, locality=window,
                        augment=augment, shard_id=shard[0], num_shards=shard[1])
     turns = any(c & 1 for c in augment)
+    threads = graph_threads or (num_threads if device == "cpu" else GPU_GRAPH_THREADS)
     gain, offset = affine(images.dtype, channels.kept, **norm)
     on_device = device_store(store, device_id, device_cache_bytes) if device == "gpu" else None
     spec = GraphSpec(
         batch_size=batch_size, dim=dim, channels=channels.kept, frames=images.paths.shape[0], input_dtype=images.dtype,
         gain=gain, offset=offset, interpolation=interpolation, num_classes=channels.num_classes or 0,
         split_last=split_last, target_size=0 if split_last else len(table.target_names), device=device,
-        device_id=device_id, num_threads=graph_threads, turns=turns, flips=any(c & 6 for c in augment),
+        device_id=device_id, num_threads=threads, turns=turns, flips=any(c & 6 for c in augment),
         source="crops" if on_device is None else "regions", **box_facts(table.sizes, dim, turns=turns))
     return BatchFeed(table, regions, order, store, spec, on_device)

@@ -28,7 +28,6 @@ import numpy as np
 
 from .augment import as_graph_ops
 from .index import TileTable
-from .options import check_shard
 from .order import EpochOrder
 from .pipeline import (
     BOX,
@@ -114,15 +113,10 @@ class BatchFeed:
 
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,
                   device_id: int | None) -> BatchFeed:
-        """The feed of one shard of this (unsharded) feed, sharing the table and the host store; its
-        graph on ``device``.
-
-        Raises:
-            ValueError: this feed is a shard already (see :meth:`check_unsharded`), or not
-                0 <= ``shard_id`` < ``num_shards``.
-        """
-        self.check_unsharded("for_shard()")
-        order = self.order.for_shard(*check_shard(shard_id, num_shards), batch_size=batch_size)
+        """The feed of shard ``shard_id`` of ``num_shards`` of this feed, sharing the table and the host
+        store; its graph on ``device``. The caller checks first, before it resolves a device or builds
+        anything: :meth:`check_unsharded` and ``options.check_shard``."""
+        order = self.order.for_shard(shard_id, num_shards, batch_size=batch_size)
         return self.replace(order=order, device_store=None, batch_size=batch_size, device=device,
                             device_id=device_id, source="crops")
 

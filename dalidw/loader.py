@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .assemble import assemble_feed, pick_graph_threads
+from .assemble import assemble_feed
 from .augment import parse_augment
 from .bands import ChannelSpec
 from .devices import resolve_device
@@ -88,7 +88,7 @@ class SequenceDataLoader:
         self.feed = assemble_feed(
             self.table, self.images, self.channels, norm=norm, nodata=nodata_rule, cache_bytes=cache_bytes,
             device_cache_bytes=device_cache_bytes, device=self.device, device_id=self.device_id,
-            num_threads=self.num_threads, graph_threads=pick_graph_threads(num_threads, self.device, self.num_threads),
+            num_threads=self.num_threads, graph_threads=num_threads,
             verify_decode=verify_decode, batch_size=self.batch_size, seed=self.random_seed, shuffle=self.shuffle,
             locality=locality, augment=augment_codes, shard=shard, dim=self.dim, interpolation=self.interpolation,
             split_last=self.split_last)

@@ -22,19 +22,18 @@ from .bands import ChannelSpec
 from .decode import RegionDecoder
 from .errors import DecodeError
 from .nodata import NodataRule
-from .options import check_int
 from .validate import ImageSet, link_outside
 
 
 class RegionCache:
     """A least-recently-used map of arrays whose total size stays under ``max_bytes``.
 
-    An array larger than ``max_bytes`` is never kept; ``max_bytes=0`` keeps nothing. Works for
-    numpy and CuPy arrays alike (anything with ``nbytes``).
+    ``max_bytes`` is an int >= 0, checked with the loader's options. An array larger than it is never
+    kept; ``max_bytes=0`` keeps nothing. Works for numpy and CuPy arrays alike (anything with ``nbytes``).
     """
 
-    def __init__(self, max_bytes: int, *, name: str = "cache_bytes"):
-        self.max_bytes = int(check_int(max_bytes, name, minimum=0))
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
@@ -173,7 +172,7 @@ class DeviceRegionStore:
             if cache_bytes is None:
                 free, _ = cp.cuda.runtime.memGetInfo()
                 cache_bytes = int(free) // 2
-        self.cache = RegionCache(cache_bytes, name="device_cache_bytes")
+        self.cache = RegionCache(cache_bytes)
         self.uploads = 0
         self._lock = threading.Lock()
 
