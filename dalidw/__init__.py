@@ -1,6 +1,6 @@
 """dalidw: a DALI data loader of satellite image time series for Keras ConvLSTM models."""
 
-from .errors import DataError, DecodeError, DeviceUnavailableError, SlowPathWarning
+from .errors import DataError, DecodeError, DeviceUnavailableError, OptionError, SlowPathWarning
 from .index import parse_box
 from .loader import SequenceDataLoader
 from .tiles import TileReport, build_tiles, write_table, write_tiles
@@ -11,6 +11,7 @@ __all__ = [
     "DataError",
     "DecodeError",
     "DeviceUnavailableError",
+    "OptionError",
     "SequenceDataLoader",
     "SlowPathWarning",
     "TileReport",

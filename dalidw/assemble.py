@@ -3,13 +3,13 @@ region stores, the epoch order, the graph spec, and the batch feed over them."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
 from .bands import ChannelSpec
 from .decode import RegionDecoder
+from .errors import warn
 from .feed import BatchFeed
 from .index import TileTable
 from .nodata import NodataRule
@@ -25,8 +25,7 @@ def device_store(store: RegionStore, device_id: int, cache_bytes: int | None) ->
     try:
         return DeviceRegionStore(store, device_id, cache_bytes)
     except ImportError as err:
-        warnings.warn(f"dalidw: {err}. Until then crops are cut on the host and uploaded batch by batch.",
-                      RuntimeWarning, stacklevel=4)
+        warn(f"dalidw: {err}. Until then crops are cut on the host and uploaded batch by batch.")
         return None
 
 
@@ -52,7 +51,7 @@ def assemble_feed(table: TileTable, images: ImageSet, channels: ChannelSpec, *, 
     """
     decoder = RegionDecoder(dtype=images.dtype, device=device, device_id=device_id, num_threads=num_threads,
                             verify=verify_decode, slow_path=images.slow_path)
-    decoder.warn_slow_path(list(images.slow_path))
+    decoder.slow.warn(images.slow_path)
     nodata.check_dtype(images.dtype)
     store = RegionStore(images, decoder, channels, cache_bytes, nodata)
     regions = np.array([images.region_index[r] for r in table.region_ids], dtype=np.int64)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError
+
 #: The augmentations by name, with the transform codes each allows.
 _CHOICES = {
     frozenset(): (0,),
@@ -42,10 +44,10 @@ def parse_augment(augment: Any, dim: tuple[int, int]) -> tuple[int, ...]:
         names = {repr(augment)}
     unknown = names - set(NAMES)
     if unknown:
-        raise ValueError(f"Expected `augment` to be True, False, 'flip', 'rot90' or a list of those. "
+        raise OptionError(f"Expected `augment` to be True, False, 'flip', 'rot90' or a list of those. "
                          f"Received: augment={augment!r}")
     if "rot90" in names and dim[0] != dim[1]:
-        raise ValueError(f"augment='rot90' needs a square `dim`: a quarter turn swaps height and width. "
+        raise OptionError(f"augment='rot90' needs a square `dim`: a quarter turn swaps height and width. "
                          f"Received: dim={dim!r}")
     return _CHOICES[frozenset(names)]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DecodeError
+from .errors import DecodeError, OptionError
 from .options import is_int
 
 #: Sample types read, with the value that ``normalize=True`` divides by (None: float data, kept as is).
@@ -49,23 +49,23 @@ class ChannelSpec:
         if bands is not None:
             if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or len(bands) == 0 \
                     or not all(is_int(b) and b >= 0 for b in bands):
-                raise ValueError("Expected `bands` to be a non-empty list of band indices >= 0. "
+                raise OptionError("Expected `bands` to be a non-empty list of band indices >= 0. "
                                  f"Received: bands={bands!r}")
             bands = tuple(int(b) for b in bands)
             if n_channels is not None and n_channels != len(bands):
-                raise ValueError(f"`n_channels` follows `bands`: got n_channels={n_channels!r} with "
+                raise OptionError(f"`n_channels` follows `bands`: got n_channels={n_channels!r} with "
                                  f"{len(bands)} band(s) {list(bands)}. Leave n_channels out.")
             n_channels = len(bands)
         elif n_channels is None:
             n_channels = 1 if num_classes is not None else 3
         elif not is_int(n_channels) or n_channels not in (1, 3):
-            raise ValueError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB); pick other bands with `bands=`. "
+            raise OptionError(f"Expected `n_channels` to be 1 (gray) or 3 (RGB); pick other bands with `bands=`. "
                              f"Received: n_channels={n_channels!r}")
         if num_classes is not None:
             if not is_int(num_classes) or num_classes < 2:
-                raise ValueError(f"Expected `num_classes` to be an int >= 2. Received: num_classes={num_classes!r}")
+                raise OptionError(f"Expected `num_classes` to be an int >= 2. Received: num_classes={num_classes!r}")
             if n_channels != 1:
-                raise ValueError(f"`num_classes` one-hot encodes a single-band class map, but {n_channels} channels "
+                raise OptionError(f"`num_classes` one-hot encodes a single-band class map, but {n_channels} channels "
                                  "are asked for: pick the class band with bands=[i] or n_channels=1")
             num_classes = int(num_classes)
         return cls(int(n_channels), bands, num_classes)

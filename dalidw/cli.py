@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from .errors import DataError, DeviceUnavailableError
+from .errors import DataError, DeviceUnavailableError, OptionError
 from .startup import quiet_startup
 
 
@@ -132,7 +132,7 @@ def cmd_tiles(args) -> int:
         tile = parse_tile(args.tile)
         stride = parse_tile(args.stride) if args.stride else None
     except argparse.ArgumentTypeError as err:
-        raise ValueError(f"--tile/--stride: {err}") from None
+        raise OptionError(f"--tile/--stride: {err}") from None
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(13, "the output folder does not exist or cannot be written", folder)
@@ -441,10 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_startup(args)
     try:
         return args.func(args)
-    except (DataError, ValueError, KeyError) as err:
-        print(f"dalidw {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except DeviceUnavailableError as err:
+    except (DataError, OptionError, DeviceUnavailableError) as err:  # the user's mistakes; anything else is ours
         print(f"dalidw {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an output folder that cannot be made or written, a file that cannot be read

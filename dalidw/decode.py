@@ -1,99 +1,96 @@
 """Whole-region decoding: encoded TIFF bytes in, (H, W, bands) arrays in host memory out.
 
-DALI decodes what its TIFF decoder can read; the rest (planar-separate bands, signed samples,
-and any file DALI turns out to refuse) takes the slow path, tifffile on the CPU, with the same
-output. Each file that takes the slow path is said once, in a warning, with the reason.
+Three jobs, one class each, and :class:`RegionDecoder` over them:
 
-DALI's decoder turns a damaged strip or tile into zeros or garbage without failing, so the bytes
-it gets are checked first, segment by segment (:func:`check_segments`). Its output for a storage
-layout it gets wrong is just as silent (float32 on the GPU, for one), so the first image of every
-layout it decodes is compared with tifffile's pixels; a layout that disagrees takes the slow path.
+- :class:`DaliDecoder` runs DALI's image decoder on one backend ("mixed": nvImageCodec on the GPU;
+  "cpu"), whole files in, host arrays out;
+- :class:`LayoutTrust` judges DALI's pixels once per storage layout against tifffile's, since DALI
+  can be wrong for a whole layout without an error (float32 on the GPU, for one);
+- :class:`SlowPath` holds the files tifffile decodes instead (planar-separate bands, signed
+  samples, a layout DALI gets wrong, a file DALI refuses) and says each one once, in a warning.
+
+DALI's decoder also turns a damaged strip or tile into zeros or garbage without failing, so the
+bytes it gets are checked first, segment by segment (:func:`check_segments`).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from .bands import DALI_DECODES, DALI_GPU_DECODES, DALI_TYPE_NAMES
-from .errors import DecodeError, SlowPathWarning
+from .errors import TIFF_ERRORS, DecodeError, SlowPathWarning, warn
 
 #: How many slow-path files a warning lists by name.
 WARN_LISTED = 5
 
 
-class RegionDecoder:
-    """Decodes whole region images, every band, in their own sample type.
-
-    DALI's decoder runs with ``output_type=ANY_DATA`` (all bands kept) and ``dtype`` set to the
-    images' sample type (16-bit and float data kept). On the GPU the "mixed" decoder lets
-    nvImageCodec decode on the device where it can (and fall back to its CPU codecs where it
-    cannot); the result is copied to host memory. Float32 images are decoded by DALI's CPU
-    decoder on both devices (:func:`decode_backend`).
+class SlowPath:
+    """The images decoded by tifffile on the CPU instead of DALI (path -> why), each said once in a
+    :class:`SlowPathWarning`.
 
     Args:
-        dtype: the sample type of the images (uint8, uint16, int16 or float32).
-        device: "cpu" or "gpu".
-        device_id: the GPU, or None on the CPU.
-        max_batch: most images decoded in one run.
-        num_threads: DALI's CPU threads.
-        verify: decode every image a second time with tifffile and compare.
-        slow_path: path -> reason, for images known (from their headers) to need tifffile.
-
-    DALI's TIFF decoder fills what it cannot decode with zeros (or garbage) instead of failing.
-    The encoded bytes of every file are therefore checked segment by segment before DALI gets
-    them (:func:`check_segments`), once per file content: later decodes of the same bytes only
-    compare a CRC-32. An image that decodes to all zeros is also decoded again with tifffile,
-    which does fail; ``verify=True`` extends that to every image.
-
-    DALI's decoder can also give other pixels than the file holds, without an error, for a whole
-    storage layout (compression, predictor, sample type, bands, tiling, photometric, bit depth). The
-    first image of each layout DALI decodes is therefore compared with tifffile's pixels; when they
-    differ, that file and every later file of the layout take the slow path, with a
-    :class:`SlowPathWarning` naming the layout. One tifffile decode per layout is the whole cost.
+        reasons: path -> why, for the images known (from their headers) to need tifffile.
     """
 
-    def __init__(self, *, dtype: np.dtype, device: str, device_id: int | None, max_batch: int = 8,
-                 num_threads: int = 2, verify: bool = False, slow_path: dict[str, str] | None = None):
-        self.dtype = np.dtype(dtype)
-        self.slow_path: dict[str, str] = dict(slow_path or {})
-        self._warned: set[str] = set()
-        self.device = device
-        self.device_id = device_id
-        self.max_batch = max_batch
-        self.num_threads = num_threads
-        self.verify = verify
-        self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
-        self._layouts: dict[str, str] = {}  # path -> its storage layout, from the last check of its bytes
-        self._trusted: dict[str, bool] = {}  # layout -> whether DALI's decode of its first image was right
-        self._first: dict[str, str] = {}  # layout -> the file it was judged on
-        self.backend = decode_backend(self.dtype, device)
-        try:
-            self._pipe = self._build()
-        except Exception as err:  # DALI raises several kinds when an operator cannot be set up
-            if self.backend != "mixed":
-                raise
-            self._to_cpu_backend(err)
+    def __init__(self, reasons: dict[str, str] | None = None):
+        self.reasons: dict[str, str] = dict(reasons or {})
+        self._said: set[str] = set()
 
-    def _to_cpu_backend(self, err: Exception) -> None:
-        """Decode with DALI's CPU backend from now on (the frames still go to the GPU afterwards)."""
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        warnings.warn(f"dalidw: DALI's 'mixed' image decoder failed ({reason}); decoding regions with DALI's "
-                      "CPU decoder instead. Resizing and normalization still run on the GPU.", RuntimeWarning,
-                      stacklevel=3)
-        self.backend = "cpu"
-        self._trusted = {}  # what the GPU decoder got right says nothing of the CPU decoder
+    def __contains__(self, path: str) -> bool:
+        return path in self.reasons
+
+    def add(self, path: str, reason: str, *, said: bool = False) -> None:
+        """``path`` takes the slow path for ``reason``; ``said``: a warning already covers it (a file of
+        a layout whose warning named another file), so :meth:`warn` leaves it out."""
+        self.reasons[path] = reason
+        if said:
+            self._said.add(path)
+
+    def said(self, path: str) -> bool:
+        """Whether a warning has named ``path`` (or covers it)."""
+        return path in self._said
+
+    def warn(self, paths: Iterable[str]) -> None:
+        """One warning naming each of ``paths`` that takes the slow path and was not said before."""
+        new = [p for p in dict.fromkeys(paths) if p in self.reasons and p not in self._said]
+        if not new:
+            return
+        self._said.update(new)
+        listed = "; ".join(f"{p} ({self.reasons[p]})" for p in new[:WARN_LISTED])
+        more = f"; and {len(new) - WARN_LISTED} more" if len(new) > WARN_LISTED else ""
+        warn(f"dalidw: {len(new)} image(s) decoded by tifffile on the CPU (the slow path), as DALI's decoder cannot "
+             f"read them as stored: {listed}{more}. The batches are the same; only slower. loader.slow_path lists "
+             "them all.", SlowPathWarning)
+
+
+class DaliDecoder:
+    """DALI's image decoder on one backend: whole encoded files in, one (H, W, bands) host array each
+    out, every band kept (``output_type=ANY_DATA``) in the images' own sample type.
+
+    Args:
+        dtype: the sample type of the images, one of ``bands.DALI_DECODES``.
+        backend: "mixed" (nvImageCodec on the GPU, falling back to its CPU codecs where it must;
+            the result is copied to host memory) or "cpu".
+        device_id: the GPU, or None on the CPU.
+        max_batch: most files decoded in one run.
+        num_threads: DALI's CPU threads.
+
+    Raises:
+        RuntimeError: DALI cannot set the decoder up on this backend (DALI's own error).
+    """
+
+    def __init__(self, dtype: np.dtype, backend: str, device_id: int | None, max_batch: int, num_threads: int):
+        self.dtype, self.backend, self.device_id = np.dtype(dtype), backend, device_id
+        self.max_batch, self.num_threads = max_batch, num_threads
         self._pipe = self._build()
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        if self.dtype.name not in DALI_DECODES:
-            return None  # DALI does not decode this sample type: every image takes the slow path
         dali_dtype = getattr(types, DALI_TYPE_NAMES[self.dtype.name])
         backend = self.backend
 
@@ -107,13 +104,115 @@ class RegionDecoder:
         pipe.build()
         return pipe
 
-    def run_dali(self, encoded: list[bytes]) -> list[np.ndarray]:
-        """DALI's decoding of whole encoded files, unchecked: one array (H, W, bands) each, on the host."""
-        self._pipe.feed_input("encoded", [np.frombuffer(e, dtype=np.uint8) for e in encoded])
-        (out,) = self._pipe.run()
+    def run(self, encoded: list[bytes]) -> list[np.ndarray]:
+        """DALI's decoding of whole encoded files, unchecked: one array (H, W, bands) each, on the host.
+
+        Raises:
+            RuntimeError: DALI refused a file (DALI's own error); the decoder is usable again after it.
+        """
+        try:
+            self._pipe.feed_input("encoded", [np.frombuffer(e, dtype=np.uint8) for e in encoded])
+            (out,) = self._pipe.run()
+        except RuntimeError:
+            self._pipe = self._build()  # a pipeline that raised keeps its failed iteration queued
+            raise
         if self.backend == "mixed":
             out = out.as_cpu()
         return [np.array(out[i]) for i in range(len(encoded))]
+
+
+class LayoutTrust:
+    """Whether DALI's decoder gives tifffile's pixels for each storage layout (compression,
+    predictor, sample type, bands, tiling, photometric, bit depth), judged on the layout's first
+    image; one tifffile decode per layout is the whole cost."""
+
+    def __init__(self):
+        self._trusted: dict[str, bool] = {}
+        self._first: dict[str, str] = {}  # layout -> the file it was judged on
+
+    def known_wrong(self, layout: str) -> bool:
+        """Whether DALI was found to get ``layout`` wrong."""
+        return self._trusted.get(layout) is False
+
+    def judge(self, layout: str, path: str, image: np.ndarray) -> bool | None:
+        """On the first image of ``layout`` (``path``, DALI's pixels ``image``): whether tifffile agrees;
+        None for later images of a layout already judged.
+
+        Raises:
+            DecodeError: tifffile cannot decode the file.
+        """
+        if layout in self._trusted:
+            return None
+        self._trusted[layout], self._first[layout] = _same_as_tifffile(path, image), path
+        return self._trusted[layout]
+
+    def first(self, layout: str) -> str:
+        """The file ``layout`` was judged on."""
+        return self._first[layout]
+
+    def forget(self) -> None:
+        """Judge every layout again (another backend decodes from now on)."""
+        self._trusted.clear()
+        self._first.clear()
+
+
+class RegionDecoder:
+    """Decodes whole region images, every band, in their own sample type: DALI where it reads them
+    right (:class:`DaliDecoder`, :class:`LayoutTrust`), tifffile elsewhere (:class:`SlowPath`).
+
+    On the GPU DALI's "mixed" decoder runs where it decodes the sample type right
+    (:func:`decode_backend`); if it cannot be set up, DALI's CPU decoder takes over, with a warning.
+    Every file's strips or tiles are checked before DALI gets them (:func:`check_segments`), once per
+    file content: later decodes of the same bytes only compare a CRC-32. An image that decodes to all
+    zeros is decoded again by tifffile, which does fail on damage; ``verify=True`` does that for every
+    image.
+
+    Args:
+        dtype: the sample type of the images (uint8, uint16, int16 or float32).
+        device: "cpu" or "gpu".
+        device_id: the GPU, or None on the CPU.
+        max_batch: most images decoded in one run.
+        num_threads: DALI's CPU threads.
+        verify: decode every image a second time with tifffile and compare.
+        slow_path: path -> reason, for images known (from their headers) to need tifffile.
+    """
+
+    def __init__(self, *, dtype: np.dtype, device: str, device_id: int | None, max_batch: int = 8,
+                 num_threads: int = 2, verify: bool = False, slow_path: dict[str, str] | None = None):
+        self.dtype = np.dtype(dtype)
+        self.slow = SlowPath(slow_path)
+        self.max_batch = max_batch
+        self.verify = verify
+        self.trust = LayoutTrust()
+        self._sound: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32) of bytes that passed the check
+        self._layouts: dict[str, str] = {}  # path -> its storage layout, from the last check of its bytes
+        self.dali: DaliDecoder | None = None
+        if self.dtype.name in DALI_DECODES:  # else every image takes the slow path
+            backend = decode_backend(self.dtype, device)
+            try:
+                self.dali = DaliDecoder(self.dtype, backend, device_id, max_batch, num_threads)
+            except RuntimeError as err:  # DALI's error: the GPU decoder cannot be set up here
+                if backend != "mixed":
+                    raise
+                self._to_cpu(err, device_id, num_threads)
+
+    @property
+    def backend(self) -> str | None:
+        """DALI's decoder backend in use ("mixed" or "cpu"), or None where DALI decodes nothing."""
+        return self.dali.backend if self.dali is not None else None
+
+    @property
+    def slow_path(self) -> dict[str, str]:
+        """The images decoded by tifffile: path -> why."""
+        return self.slow.reasons
+
+    def _to_cpu(self, err: RuntimeError, device_id: int | None, num_threads: int) -> None:
+        """Decode with DALI's CPU backend from now on (the frames still go to the GPU afterwards)."""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        warn(f"dalidw: DALI's 'mixed' image decoder failed ({reason}); decoding regions with DALI's CPU decoder "
+             "instead. Resizing and normalization still run on the GPU.")
+        self.dali = DaliDecoder(self.dtype, "cpu", device_id, self.max_batch, num_threads)
+        self.trust.forget()  # what the GPU decoder got right says nothing of the CPU decoder
 
     def decode(self, paths: Sequence[str], shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Decode whole images.
@@ -130,42 +229,15 @@ class RegionDecoder:
                 strip or tile, or whose decoded size differs from its header.
         """
         results: dict[int, np.ndarray] = {}
-        fast = [i for i, p in enumerate(paths) if p not in self.slow_path] if self._pipe is not None else []
+        fast = [i for i, p in enumerate(paths) if p not in self.slow] if self.dali is not None else []
         for start in range(0, len(fast), self.max_batch):
-            chunk = fast[start : start + self.max_batch]
-            encoded = {i: self._read_checked(paths[i]) for i in chunk}
-            for i in chunk:
-                if self._trusted.get(self._layouts[paths[i]]) is False:  # a layout DALI got wrong before
-                    self._distrust(paths[i])
-                    del encoded[i]
-            if not encoded:
-                continue
-            try:
-                decoded = self.run_dali(list(encoded.values()))
-            except Exception as err:
-                if self.backend == "mixed":  # try DALI's CPU decoder before any file takes the slow path
-                    self._to_cpu_backend(err)
-                else:
-                    self._pipe = self._build()
-                decoded = [self._decode_one(paths[i], e) for i, e in encoded.items()]
-            for i, image in zip(encoded, decoded):
-                if image is None:
-                    continue  # DALI refused it: it joined the slow path
-                layout = self._layouts[paths[i]]
-                compared = layout not in self._trusted
-                if compared:  # the layout's first image: DALI's pixels against tifffile's, once per layout
-                    self._trusted[layout], self._first[layout] = _same_as_tifffile(paths[i], image), paths[i]
-                if not self._trusted[layout]:
-                    self._distrust(paths[i])
-                    continue
-                if not compared and (self.verify or not image.any()):
-                    _check_with_tifffile(paths[i], image)
-                results[i] = image
+            results.update(self._decode_with_dali(paths, fast[start : start + self.max_batch]))
         for i, path in enumerate(paths):
             if i not in results:
-                self.slow_path.setdefault(path, f"DALI does not decode {self.dtype.name} samples")
+                if path not in self.slow:
+                    self.slow.add(path, f"DALI does not decode {self.dtype.name} samples")
                 results[i] = read_with_tifffile(path)
-        self.warn_slow_path(paths)
+        self.slow.warn(paths)
         out = []
         for i, (path, shape) in enumerate(zip(paths, shapes)):
             image = results[i]
@@ -173,6 +245,35 @@ class RegionDecoder:
                 raise DecodeError(path, f"decoded {image.shape} {image.dtype}, expected "
                                         f"{tuple(shape)} {self.dtype} from its header")
             out.append(image)
+        return out
+
+    def _decode_with_dali(self, paths: Sequence[str], chunk: list[int]) -> dict[int, np.ndarray]:
+        """DALI's images of ``paths[i]`` for i in ``chunk`` (at most ``max_batch``), checked; the files
+        it refuses or gets wrong join the slow path and are left out."""
+        encoded = {i: self._read_checked(paths[i]) for i in chunk}
+        for i in chunk:
+            if self.trust.known_wrong(self._layouts[paths[i]]):
+                self._distrust(paths[i])
+                del encoded[i]
+        if not encoded:
+            return {}
+        try:
+            decoded = dict(zip(encoded, self.dali.run(list(encoded.values()))))
+        except RuntimeError as err:  # DALI refused a file of the chunk: find which, one at a time
+            if self.dali.backend == "mixed":  # try DALI's CPU decoder before any file takes the slow path
+                self._to_cpu(err, self.dali.device_id, self.dali.num_threads)
+            decoded = {i: image for i, e in encoded.items() if (image := self._decode_one(paths[i], e)) is not None}
+        out = {}
+        for i, image in decoded.items():
+            path = paths[i]
+            layout = self._layouts[path]
+            judged = self.trust.judge(layout, path, image)
+            if self.trust.known_wrong(layout):  # judged wrong on this image or on an earlier one of the chunk
+                self._distrust(path)
+                continue
+            if judged is None and (self.verify or not image.any()):
+                _check_with_tifffile(path, image)
+            out[i] = image
         return out
 
     def check(self, path: str) -> list[str]:
@@ -194,36 +295,23 @@ class RegionDecoder:
         return encoded
 
     def _distrust(self, path: str) -> None:
-        """Send ``path`` to the slow path, its layout being one DALI's decoder got wrong; the warning
-        names the layout once, with the file it was found on, not every later file of it."""
+        """Send ``path`` to the slow path, its layout being one DALI's decoder got wrong. The warning
+        names the layout once, with the file it was judged on: a later file of the layout is covered
+        by it once that file has been named."""
         layout = self._layouts[path]
-        first = self._first[layout]
-        if path != first and first in self._warned:
-            self._warned.add(path)  # said with the layout's first file
-        self.slow_path[path] = (f"DALI's {self.backend} decoder gave other pixels than tifffile for {first}, stored "
-                                f"as {layout}: every file stored so is decoded by tifffile")
+        first = self.trust.first(layout)
+        self.slow.add(path, f"DALI's {self.dali.backend} decoder gave other pixels than tifffile for {first}, "
+                            f"stored as {layout}: every file stored so is decoded by tifffile",
+                      said=path != first and self.slow.said(first))
 
     def _decode_one(self, path: str, encoded: bytes) -> np.ndarray | None:
         """DALI's decode of one file, or None (and the file joins the slow path) if DALI refuses it."""
         try:
-            return self.run_dali([encoded])[0]
-        except Exception as err:
-            self._pipe = self._build()
+            return self.dali.run([encoded])[0]
+        except RuntimeError as err:  # DALI's error for a file it cannot read
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            self.slow_path[path] = f"DALI's decoder failed: {reason}"
+            self.slow.add(path, f"DALI's decoder failed: {reason}")
             return None
-
-    def warn_slow_path(self, paths: Sequence[str]) -> None:
-        """Warn once about each of ``paths`` that takes the slow path."""
-        new = [p for p in paths if p in self.slow_path and p not in self._warned]
-        if not new:
-            return
-        self._warned.update(new)
-        listed = "; ".join(f"{p} ({self.slow_path[p]})" for p in new[:WARN_LISTED])
-        more = f"; and {len(new) - WARN_LISTED} more" if len(new) > WARN_LISTED else ""
-        warnings.warn(f"dalidw: {len(new)} image(s) decoded by tifffile on the CPU (the slow path), as DALI's "
-                      f"decoder cannot read them as stored: {listed}{more}. The batches are the same; only slower. "
-                      "loader.slow_path lists them all.", SlowPathWarning, stacklevel=4)
 
 
 def decode_backend(dtype: np.dtype, device: str) -> str:
@@ -268,7 +356,7 @@ def check_segments(path: str, encoded: bytes) -> str:
             kind = "tile" if page.is_tiled else "strip"
             offsets, counts = page.dataoffsets, page.databytecounts
             decode, tables = page.decode, page.jpegtables
-    except Exception as err:  # tifffile raises many kinds for a broken header
+    except TIFF_ERRORS as err:
         raise DecodeError(path, f"not a readable TIFF ({type(err).__name__}: {err})") from None
     for index, (offset, count) in enumerate(zip(offsets, counts)):
         if count == 0:
@@ -279,7 +367,7 @@ def check_segments(path: str, encoded: bytes) -> str:
                                     f"({len(encoded)} bytes); the file is truncated")
         try:
             decode(encoded[offset : offset + count], index, jpegtables=tables)
-        except Exception as err:  # the codecs raise their own kinds
+        except TIFF_ERRORS as err:
             raise DecodeError(path, f"{where} is damaged: {type(err).__name__}: {err}") from None
     return layout
 
@@ -302,7 +390,7 @@ def read_with_tifffile(path: str) -> np.ndarray:
             page = tif.pages.first
             pixels = page.asarray()
             separate = int(page.samplesperpixel) > 1 and int(page.planarconfig) == 2
-    except Exception as err:
+    except TIFF_ERRORS as err:
         raise DecodeError(path, f"{type(err).__name__}: {err}") from None
     if pixels.ndim == 2:
         pixels = pixels[..., None]

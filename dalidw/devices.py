@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import warnings
 
-from .errors import DeviceUnavailableError
+from .errors import DeviceUnavailableError, OptionError, warn
 
 DEVICE_HELP = "Expected `device` to be 'auto', 'cpu', 'gpu' or 'gpu:N'. Received: device={!r}"
 TF_GPU_HINT = ("TensorFlow sees no GPU (a TensorFlow built without CUDA): install pip install "
@@ -21,9 +20,11 @@ def gpu_count() -> int:
     """GPUs that DALI sees (0 where CUDA or its driver is absent)."""
     try:
         from nvidia.dali import backend
-
+    except ImportError:  # no DALI at all
+        return 0
+    try:
         return int(backend.GetCUDADeviceCount())
-    except Exception:
+    except RuntimeError:  # DALI's error where the CUDA driver cannot be loaded
         return 0
 
 
@@ -50,7 +51,7 @@ def check_tensorflow_gpu(tf) -> None:
 
 def _parse(device: object) -> tuple[str, int | None]:
     if not isinstance(device, str):
-        raise ValueError(DEVICE_HELP.format(device))
+        raise OptionError(DEVICE_HELP.format(device))
     text = device.strip().lower()
     if text in ("cpu", "auto"):
         return text, None
@@ -58,7 +59,7 @@ def _parse(device: object) -> tuple[str, int | None]:
         return "gpu", 0
     if text.startswith("gpu:") and text[4:].isdigit():
         return "gpu", int(text[4:])
-    raise ValueError(DEVICE_HELP.format(device))
+    raise OptionError(DEVICE_HELP.format(device))
 
 
 def resolve_device(device: str) -> tuple[str, int | None]:
@@ -79,8 +80,7 @@ def resolve_device(device: str) -> tuple[str, int | None]:
         if count == 0:
             return "cpu", None
         if tensorflow_gpu_count() == 0:
-            warnings.warn(f"dalidw: DALI sees a GPU but {TF_GPU_HINT}. device='auto' runs on the CPU.",
-                          RuntimeWarning, stacklevel=3)
+            warn(f"dalidw: DALI sees a GPU but {TF_GPU_HINT}. device='auto' runs on the CPU.")
             return "cpu", None
         return "gpu", 0
     if index >= count:

@@ -1,11 +1,23 @@
-"""The one exception type for bad data, and how it lists what it found."""
+"""The exception types of the user's mistakes (one per kind), how they list what they found, and
+warnings that point at the user's line."""
 
 from __future__ import annotations
 
+import inspect
+import os
+import struct
+import warnings
+import zlib
 from collections.abc import Sequence
 
 #: How many problems a :class:`DataError` message lists before it only counts the rest.
 MAX_LISTED = 20
+#: What tifffile and the codecs raise for a file they cannot read: tifffile's TiffFileError (a
+#: ValueError) and ValueError, imagecodecs' codec errors (RuntimeErrors), zlib.error where the
+#: codecs are missing, and struct.error, EOFError, IndexError, KeyError or OSError for a broken
+#: or truncated header. Each ``except`` that names it wraps tifffile calls alone, so that our own
+#: mistakes are not taken for the file's.
+TIFF_ERRORS = (ValueError, RuntimeError, zlib.error, struct.error, EOFError, IndexError, KeyError, OSError)
 
 
 class DataError(ValueError):
@@ -34,6 +46,11 @@ class DecodeError(DataError):
         super().__init__([f"{path}: cannot decode ({reason})"], context="dalidw could not decode an image")
 
 
+class OptionError(ValueError):
+    """An option (of the loader, the tiles builder, a strategy or a command) is out of range or
+    does not fit the others; the message names it and the value received."""
+
+
 class SlowPathWarning(UserWarning):
     """Some images are decoded by tifffile on the CPU instead of by DALI (same pixels, slower)."""
 
@@ -48,3 +65,16 @@ def shown(value: object) -> str:
     if item is not None and getattr(value, "shape", None) == ():
         value = item()
     return repr(value)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn`` pointing at the first caller outside dalidw: the user's line, whether the
+    warning comes from the loader's constructor or from a batch decoded later (a thread of
+    TensorFlow's, with no user code on its stack, points at its outermost frame)."""
+    frame, level = inspect.currentframe().f_back, 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

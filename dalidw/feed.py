@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .augment import as_graph_ops
+from .errors import OptionError
 from .index import TileTable
 from .order import EpochOrder
 from .pipeline import (
@@ -52,7 +53,7 @@ def per_replica_batch(batch_size: int, replicas: int) -> int:
         ValueError: ``batch_size`` does not split evenly.
     """
     if replicas < 1 or batch_size % replicas:
-        raise ValueError(f"batch_size={batch_size} is the global batch: it must split evenly over "
+        raise OptionError(f"batch_size={batch_size} is the global batch: it must split evenly over "
                          f"{replicas} replicas")
     return batch_size // replicas
 
@@ -108,7 +109,7 @@ class BatchFeed:
             ValueError: naming ``caller`` (e.g. "shard()"), when this feed is a shard already.
         """
         if self.order.num_shards != 1:
-            raise ValueError(f"{caller} splits an unsharded loader; this one is already shard {self.order.shard_id} "
+            raise OptionError(f"{caller} splits an unsharded loader; this one is already shard {self.order.shard_id} "
                              f"of {self.order.num_shards}: build it without shard_id/num_shards")
 
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,

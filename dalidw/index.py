@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, shown
+from .errors import DataError, OptionError, shown
 from .options import is_number
 
 LAST_IMAGE = "last-image"
@@ -109,7 +109,7 @@ def splits_last(target: str | Sequence[str], labels: Sequence[object]) -> bool:
     """
     split = isinstance(target, str) and target == LAST_IMAGE
     if split and len(labels) < 2:
-        raise ValueError(f"target='{LAST_IMAGE}' needs at least 2 labels. Received: labels={list(labels)!r}")
+        raise OptionError(f"target='{LAST_IMAGE}' needs at least 2 labels. Received: labels={list(labels)!r}")
     return split
 
 
@@ -119,7 +119,7 @@ def target_columns(target: str | Sequence[str]) -> tuple[str, ...]:
         return () if target == LAST_IMAGE else (target,)
     names = tuple(target)
     if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(
+        raise OptionError(
             "Expected `target` to be a column name, a non-empty list of column names or "
             f"'{LAST_IMAGE}'. Received: target={shown(target)}"
         )

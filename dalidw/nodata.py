@@ -5,13 +5,13 @@ into valid pixels. Without a rule, NaN in an image is reported once per file."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .errors import OptionError, warn
 from .options import is_number
 
 #: The TIFF tag where GDAL writes an image's nodata value, as text.
@@ -45,20 +45,20 @@ class NodataRule:
             ValueError: either is out of range.
         """
         if not is_number(fill) or not math.isfinite(fill):
-            raise ValueError(f"Expected `nodata_fill` to be a finite number. Received: nodata_fill={fill!r}")
+            raise OptionError(f"Expected `nodata_fill` to be a finite number. Received: nodata_fill={fill!r}")
         if nodata is None:
             return cls(fill=float(fill))
         if nodata == "tag":
             return cls(from_tag=True, fill=float(fill))
         if not is_number(nodata):
-            raise ValueError("Expected `nodata` to be None, a number (NaN too) or 'tag' (each file's GDAL_NODATA). "
+            raise OptionError("Expected `nodata` to be None, a number (NaN too) or 'tag' (each file's GDAL_NODATA). "
                              f"Received: nodata={nodata!r}")
         return cls(value=float(nodata), fill=float(fill))
 
     def check_dtype(self, dtype: np.dtype) -> None:
         """Raise ValueError if ``fill`` is not a sample of ``dtype`` (it would wrap around)."""
         if self.active and not _fits(self.fill, np.dtype(dtype)):
-            raise ValueError(f"`nodata_fill`={self.fill:g} is not a {np.dtype(dtype).name} sample, the images' type")
+            raise OptionError(f"`nodata_fill`={self.fill:g} is not a {np.dtype(dtype).name} sample, the images' type")
 
     def apply(self, image: np.ndarray, path: str, file_value: float | None, warned: set[str]) -> np.ndarray:
         """``image`` (H, W, bands) with invalid samples set to ``fill`` (a copy where any is found).
@@ -71,9 +71,8 @@ class NodataRule:
                 count = int(np.isnan(image).sum())
                 if count:
                     warned.add(path)
-                    warnings.warn(f"dalidw: {path} holds {count} NaN sample(s); resizing spreads them to nearby "
-                                  "output pixels. Set nodata= (NaN, a value, or 'tag') to replace them first.",
-                                  RuntimeWarning, stacklevel=5)
+                    warn(f"dalidw: {path} holds {count} NaN sample(s); resizing spreads them to nearby "
+                                  "output pixels. Set nodata= (NaN, a value, or 'tag') to replace them first.")
             return image
         invalid = invalid_samples(image, [file_value if self.from_tag else self.value])
         if invalid is None or not invalid.any():

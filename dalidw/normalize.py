@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .bands import DTYPE_RANGES, ChannelSpec
+from .errors import OptionError
 from .options import is_number
 
 
@@ -16,7 +17,7 @@ def _per_channel(name: str, value: Any, channels: int) -> np.ndarray:
     if array.ndim == 0:
         array = np.full(channels, float(array))
     if array.shape != (channels,) or not np.all(np.isfinite(array)):
-        raise ValueError(f"Expected `{name}` to be a number or {channels} finite numbers, one per channel. "
+        raise OptionError(f"Expected `{name}` to be a number or {channels} finite numbers, one per channel. "
                          f"Received: {name}={value!r}")
     return array
 
@@ -41,10 +42,10 @@ def affine(
     """
     if scale is not None:
         if not normalize:
-            raise ValueError("`scale` divides the values when normalizing: it needs normalize=True. "
+            raise OptionError("`scale` divides the values when normalizing: it needs normalize=True. "
                              f"Received: scale={scale!r}, normalize=False")
         if not is_number(scale) or not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"Expected `scale` to be a positive number. Received: scale={scale!r}")
+            raise OptionError(f"Expected `scale` to be a positive number. Received: scale={scale!r}")
         divisor = float(scale)
     elif normalize:
         divisor = DTYPE_RANGES[np.dtype(dtype).name] or 1.0
@@ -53,7 +54,7 @@ def affine(
     mean_v = _per_channel("mean", 0.0 if mean is None else mean, channels)
     std_v = _per_channel("std", 1.0 if std is None else std, channels)
     if np.any(std_v <= 0):
-        raise ValueError(f"Expected `std` to be positive. Received: std={std!r}")
+        raise OptionError(f"Expected `std` to be positive. Received: std={std!r}")
     gain = 1.0 / (divisor * std_v)
     offset = -mean_v / std_v
     return tuple(float(g) for g in gain), tuple(float(o) for o in offset)
@@ -68,7 +69,7 @@ def check_normalization(channels: ChannelSpec, normalize: bool, scale: float | N
         ValueError: an option is out of range, or ``scale``, ``mean`` or ``std`` comes with ``num_classes``.
     """
     if channels.num_classes and (scale is not None or mean is not None or std is not None):
-        raise ValueError("`num_classes` gives one-hot channels of 0 and 1: `scale`, `mean` and `std` do not apply")
+        raise OptionError("`num_classes` gives one-hot channels of 0 and 1: `scale`, `mean` and `std` do not apply")
     norm = dict(normalize=bool(normalize) and not channels.num_classes, scale=scale, mean=mean, std=std)
     affine(np.dtype("uint8"), channels.kept, **norm)
     return norm

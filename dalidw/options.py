@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError
+
 
 def is_int(value: Any) -> bool:
     """An int (Python or numpy), not a bool."""
@@ -28,7 +30,7 @@ def check_int(value: Any, name: str, *, minimum: int, none: bool = False) -> int
     if value is None and none:
         return None
     if not is_int(value) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an int >= {minimum}{' or None' if none else ''}. "
+        raise OptionError(f"Expected `{name}` to be an int >= {minimum}{' or None' if none else ''}. "
                          f"Received: {name}={value!r}")
     return int(value)
 
@@ -45,10 +47,10 @@ def check_limits(*, cache_bytes: Any, device_cache_bytes: Any, min_tile_size: An
 
 def check_labels(labels: Any) -> list[Any]:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
-        raise ValueError("Expected `labels` to be a non-empty list of labels (e.g. years). "
+        raise OptionError("Expected `labels` to be a non-empty list of labels (e.g. years). "
                          f"Received: labels={labels!r}")
     if len({str(v) for v in labels}) != len(labels):
-        raise ValueError(f"Expected `labels` to hold each label once. Received: labels={list(labels)!r}")
+        raise OptionError(f"Expected `labels` to hold each label once. Received: labels={list(labels)!r}")
     return list(labels)
 
 
@@ -60,7 +62,7 @@ def check_size(value: Any, name: str, *, one_int: bool = False) -> tuple[int, in
     """
     pair = (value, value) if one_int and is_int(value) else value
     if not (isinstance(pair, (tuple, list, np.ndarray)) and len(pair) == 2 and all(is_int(v) and v > 0 for v in pair)):
-        raise ValueError(f"Expected `{name}` to be (height, width) of positive ints. Received: {name}={value!r}")
+        raise OptionError(f"Expected `{name}` to be (height, width) of positive ints. Received: {name}={value!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -70,13 +72,13 @@ def check_dim(dim: Any) -> tuple[int, int]:
 
 def check_batch_size(batch_size: Any) -> int:
     if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
+        raise OptionError(f"Expected `batch_size` to be a positive int. Received: batch_size={batch_size!r}")
     return int(batch_size)
 
 
 def check_shard(shard_id: Any, num_shards: Any) -> tuple[int, int]:
     if not (is_int(shard_id) and is_int(num_shards)) or num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise ValueError("Expected 0 <= shard_id < num_shards. "
+        raise OptionError("Expected 0 <= shard_id < num_shards. "
                          f"Received: shard_id={shard_id!r}, num_shards={num_shards!r}")
     return int(shard_id), int(num_shards)
 
@@ -85,20 +87,20 @@ def check_locality(locality: Any, shuffle: bool) -> None:
     if locality is None:
         return
     if locality != "auto" and not (is_int(locality) and locality >= 1):
-        raise ValueError(f"Expected `locality` to be a number of regions >= 1, 'auto' or None. "
+        raise OptionError(f"Expected `locality` to be a number of regions >= 1, 'auto' or None. "
                          f"Received: locality={locality!r}")
     if not shuffle:
-        raise ValueError("`locality` shapes the shuffle: it needs shuffle=True")
+        raise OptionError("`locality` shapes the shuffle: it needs shuffle=True")
 
 
 def check_interpolation(interpolation: Any, num_classes: int | None) -> str:
     if interpolation is None:
         return "nearest" if num_classes else "linear"
     if interpolation not in ("linear", "nearest"):
-        raise ValueError("Expected `interpolation` to be 'linear' or 'nearest'. "
+        raise OptionError("Expected `interpolation` to be 'linear' or 'nearest'. "
                          f"Received: interpolation={interpolation!r}")
     if num_classes and interpolation != "nearest":
-        raise ValueError("`num_classes` one-hot encodes class ids, which only interpolation='nearest' keeps intact")
+        raise OptionError("`num_classes` one-hot encodes class ids, which only interpolation='nearest' keeps intact")
     return interpolation
 
 
@@ -107,5 +109,5 @@ def check_seed(seed: Any) -> int:
     if seed is None:
         return int(np.random.SeedSequence().entropy % (1 << 32))
     if not is_int(seed) or not 0 <= seed < 1 << 32:
-        raise ValueError(f"Expected `random_seed` to be an int in [0, 2**32) or None. Received: random_seed={seed!r}")
+        raise OptionError(f"Expected `random_seed` to be an int in [0, 2**32) or None. Received: random_seed={seed!r}")
     return int(seed)

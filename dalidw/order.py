@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .augment import draw_codes
+from .errors import OptionError
 from .options import is_int
 
 #: Salts that keep the random streams of one (seed, epoch) apart.
@@ -27,7 +28,10 @@ def epoch_order(n_tiles: int, epoch: int, *, seed: int | None, shuffle: bool) ->
 
     With ``shuffle=False`` this is the table order. With ``shuffle=True`` it is a permutation
     drawn from a generator seeded with ``(seed, epoch)`` alone, so every epoch is reproducible
-    on its own and no global random state is read or changed. ``seed=None`` draws a fresh seed.
+    on its own and no global random state is read or changed.
+
+    Raises:
+        ValueError: ``shuffle=True`` without a seed (the loader draws one where none is given).
     """
     if not shuffle:
         return np.arange(n_tiles, dtype=np.int64)
@@ -75,14 +79,14 @@ def shard_batch_sizes(n_tiles: int, batch_size: int, *, shard_id: int = 0, num_s
         ValueError: fewer tiles than shards, or ``batch_size=1`` with unequal shards.
     """
     if n_tiles < num_shards:
-        raise ValueError(f"{n_tiles} tiles cannot be split over {num_shards} shards: every shard needs a tile")
+        raise OptionError(f"{n_tiles} tiles cannot be split over {num_shards} shards: every shard needs a tile")
     size = n_tiles // num_shards + (1 if shard_id < n_tiles % num_shards else 0)
     count = batch_count(-(-n_tiles // num_shards), batch_size)
     sizes = np.full(count, batch_size, dtype=np.int64)
     sizes[-1] = size - (count - 1) * batch_size
     if sizes[-1] == 0:
         if batch_size == 1:
-            raise ValueError(f"batch_size=1 cannot split {n_tiles} tiles over {num_shards} shards so that every shard "
+            raise OptionError(f"batch_size=1 cannot split {n_tiles} tiles over {num_shards} shards so that every shard "
                              "runs the same number of steps; use a batch size of 2 or more")
         sizes[-2] -= 1
         sizes[-1] = 1
@@ -205,5 +209,5 @@ def check_epoch(epoch: object) -> int:
         ValueError: it is not a non-negative int.
     """
     if not is_int(epoch) or epoch < 0:
-        raise ValueError(f"Expected an epoch to be an int >= 0. Received: {epoch!r}")
+        raise OptionError(f"Expected an epoch to be an int >= 0. Received: {epoch!r}")
     return int(epoch)

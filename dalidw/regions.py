@@ -11,7 +11,6 @@ so padding is never read.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 
 from .bands import ChannelSpec
 from .decode import RegionDecoder
-from .errors import DecodeError
+from .errors import DecodeError, warn
 from .nodata import NodataRule
 from .validate import ImageSet, link_outside
 
@@ -173,7 +172,6 @@ class DeviceRegionStore:
                 free, _ = cp.cuda.runtime.memGetInfo()
                 cache_bytes = int(free) // 2
         self.cache = RegionCache(cache_bytes)
-        self.uploads = 0
         self._lock = threading.Lock()
 
     def stacks(self, regions: Sequence[int]) -> dict[int, Any]:
@@ -201,9 +199,8 @@ class DeviceRegionStore:
             device = cp.asarray(stack)
         except cp.cuda.memory.OutOfMemoryError:
             shrunk = self.cache.nbytes // 2
-            warnings.warn(f"dalidw: the GPU ran out of memory while uploading a region; the device cache shrinks "
-                          f"from {self.cache.max_bytes} to {shrunk} bytes (device_cache_bytes).", RuntimeWarning,
-                          stacklevel=3)
+            warn(f"dalidw: the GPU ran out of memory while uploading a region; the device cache shrinks "
+                          f"from {self.cache.max_bytes} to {shrunk} bytes (device_cache_bytes).")
             self.cache.shrink(shrunk)
             cp.get_default_memory_pool().free_all_blocks()
             try:
@@ -211,7 +208,6 @@ class DeviceRegionStore:
             except cp.cuda.memory.OutOfMemoryError:
                 path = str(self.host.images.paths[0, region])
                 raise DecodeError(path, f"its region ({stack.nbytes} bytes) does not fit in GPU memory") from None
-        self.uploads += 1
         return device
 
 

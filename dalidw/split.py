@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import OptionError
+
 SPLITS = ("train", "val", "test")
-#: What a --split option may say: "region", "blocks:N" (N tiles a side) or "random" (leaks; by name only).
-SPLIT_KINDS = ("region", "blocks", "random")
 
 
 def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -26,11 +26,12 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
-        raise ValueError(f"Expected split fractions like 0.7,0.15,0.15. Received: {text!r}") from None
+        raise OptionError(f"Expected split fractions like 0.7,0.15,0.15. Received: {text!r}") from None
     if len(values) not in (2, 3) or min(values) < 0 or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"Expected 2 or 3 split fractions (train, val[, test]) >= 0 that sum to 1. Received: {text!r}")
+        raise OptionError("Expected 2 or 3 split fractions (train, val[, test]) >= 0 that sum to 1. "
+                          f"Received: {text!r}")
     if values[0] == 0:
-        raise ValueError(f"Expected a training share above 0. Received: {text!r}")
+        raise OptionError(f"Expected a training share above 0. Received: {text!r}")
     return values
 
 
@@ -43,11 +44,11 @@ def parse_split(text: str) -> tuple[str, int]:
     kind, _, size = text.partition(":")
     if kind == "blocks":
         if not size.isdigit() or int(size) < 1:
-            raise ValueError(f"Expected --split blocks:N with N >= 1 tiles a side. Received: {text!r}")
+            raise OptionError(f"Expected --split blocks:N with N >= 1 tiles a side. Received: {text!r}")
         return kind, int(size)
     if kind in ("region", "random") and not size:
         return kind, 0
-    raise ValueError(f"Expected --split to be 'region', 'blocks:N' or 'random'. Received: {text!r}")
+    raise OptionError(f"Expected --split to be 'region', 'blocks:N' or 'random'. Received: {text!r}")
 
 
 def assign_units(n_units: int, fractions: Sequence[float], rng: np.random.Generator, what: str) -> np.ndarray:
@@ -60,7 +61,7 @@ def assign_units(n_units: int, fractions: Sequence[float], rng: np.random.Genera
     """
     wanted = [i for i, f in enumerate(fractions) if f > 0]
     if n_units < len(wanted):
-        raise ValueError(f"a split into {', '.join(SPLITS[i] for i in wanted)} needs at least {len(wanted)} "
+        raise OptionError(f"a split into {', '.join(SPLITS[i] for i in wanted)} needs at least {len(wanted)} "
                          f"{what}; there are {n_units}")
     counts = np.zeros(len(fractions), dtype=int)
     counts[wanted] = 1

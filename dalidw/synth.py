@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .errors import OptionError
+
 #: Dynamic World's class colours (water, trees, grass, flooded vegetation, crops,
 #: shrub and scrub, built, bare, snow and ice), RGB.
 PALETTE = np.array([
@@ -162,16 +164,16 @@ def write_dataset(out_dir: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, 
     import tifffile
 
     if spec.layout not in LAYOUTS:
-        raise ValueError(f"Expected `layout` to be one of {sorted(LAYOUTS)}. Received: layout={spec.layout!r}")
+        raise OptionError(f"Expected `layout` to be one of {sorted(LAYOUTS)}. Received: layout={spec.layout!r}")
     if spec.kind not in KINDS:
-        raise ValueError(f"Expected `kind` to be one of {list(KINDS)}. Received: kind={spec.kind!r}")
+        raise OptionError(f"Expected `kind` to be one of {list(KINDS)}. Received: kind={spec.kind!r}")
     if spec.kind == "sentinel" and not 4 <= spec.bands <= 13:
-        raise ValueError(f"Expected 4 to 13 bands for kind='sentinel'. Received: bands={spec.bands}")
+        raise OptionError(f"Expected 4 to 13 bands for kind='sentinel'. Received: bands={spec.bands}")
     if spec.kind == "rgb" and spec.bands not in (1, 3):
-        raise ValueError(f"Expected 1 or 3 bands for kind='rgb'. Received: bands={spec.bands}")
+        raise OptionError(f"Expected 1 or 3 bands for kind='rgb'. Received: bands={spec.bands}")
     tile_h, tile_w = spec.tile
     if not (0 < tile_h <= spec.height and 0 < tile_w <= spec.width):
-        raise ValueError(f"Expected the tile {spec.tile} to fit in a {spec.height}x{spec.width} region")
+        raise OptionError(f"Expected the tile {spec.tile} to fit in a {spec.height}x{spec.width} region")
     rows = []
     tile_id = 0
     from tqdm.auto import tqdm

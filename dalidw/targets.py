@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import read_with_tifffile
+from .errors import OptionError
 from .nodata import invalid_samples
 from .validate import ImageInfo
 
@@ -46,16 +47,16 @@ class TargetSpec:
         """
         match = _TARGET.match(text.strip())
         if match is None or match["kind"] not in TARGET_KINDS:
-            raise ValueError("Expected a target like fraction:CLASS[,CLASS...], change:CLASS[,CLASS...] or "
+            raise OptionError("Expected a target like fraction:CLASS[,CLASS...], change:CLASS[,CLASS...] or "
                              f"mean:BAND, optionally NAME=... first. Received: {text!r}")
         items = [t.strip() for t in match["arg"].split(",")]
         if not all(t.isdigit() for t in items):
-            raise ValueError(f"Expected whole numbers >= 0 after '{match['kind']}:'. Received: {text!r}")
+            raise OptionError(f"Expected whole numbers >= 0 after '{match['kind']}:'. Received: {text!r}")
         numbers = tuple(int(t) for t in items)
         name = (match["name"] or "").strip()
         if match["kind"] == "mean":
             if len(numbers) != 1:
-                raise ValueError(f"Expected one band after 'mean:'. Received: {text!r}")
+                raise OptionError(f"Expected one band after 'mean:'. Received: {text!r}")
             return cls("mean", band=numbers[0], name=name)
         return cls(match["kind"], classes=tuple(dict.fromkeys(numbers)), name=name)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .devices import check_tensorflow_gpu
+from .errors import OptionError
 from .feed import BatchFeed, per_replica_batch
 from .pipeline import FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, build_pipeline
 
@@ -139,11 +140,11 @@ def distribute(feed: BatchFeed, strategy, *, start_epoch: int = 0, device_fixed:
     placements = [_replica_device(tf, d) for d in devices]
     if device_fixed and any(kind != feed.spec.device for kind, _, _ in placements):
         kinds = sorted({kind for kind, _, _ in placements})
-        raise ValueError(f"device={feed.spec.device!r} was asked for, but the strategy's replicas are on "
+        raise OptionError(f"device={feed.spec.device!r} was asked for, but the strategy's replicas are on "
                          f"{' and '.join(kinds)} devices; leave `device` at 'auto' to follow the replicas")
     mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
     if not mirrored and len(devices) != 1:
-        raise ValueError(f"{type(strategy).__name__} with {len(devices)} replicas in this worker: dalidw runs one "
+        raise OptionError(f"{type(strategy).__name__} with {len(devices)} replicas in this worker: dalidw runs one "
                          "pipeline per worker, so each worker must hold one replica (one GPU per process)")
 
     def shard_dataset(context):

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, shown
+from .errors import DataError, OptionError, shown
 from .files import replaced
 from .geo import Grid, read_grid
 from .index import key_text, unsafe_name
-from .options import check_size
+from .options import check_size, is_number
 from .split import SPLITS, near_radius, parse_fractions, parse_split, split_tiles
 from .targets import TargetSpec, region_targets, target_problem
 from .validate import ImageInfo, read_header
@@ -42,7 +42,7 @@ def column_names(specs: Sequence[TargetSpec]) -> list[str]:
     taken = set(FIXED_COLUMNS) | set(GEO_COLUMNS) | {"split"}
     clash = [n for n in names if n in taken]
     if clash or len(set(names)) != len(names):
-        raise ValueError(f"Expected distinct target names other than {sorted(taken)}. Received: {names}")
+        raise OptionError(f"Expected distinct target names other than {sorted(taken)}. Received: {names}")
     return names
 
 
@@ -302,22 +302,22 @@ def plan_tiles(
     Raises:
         DataError: missing labels or images, mismatched grids, a tile larger than an image, targets
             that cannot be computed, or no tile left; every problem found is listed.
-        ValueError: an option out of range.
+        OptionError: an option out of range.
     """
     image_dir = os.fspath(image_dir)
     tile = check_size(tile, "tile", one_int=True)
     stride = tile if stride is None else check_size(stride, "stride", one_int=True)
     specs = [s if isinstance(s, TargetSpec) else TargetSpec.parse(s) for s in targets]
     names = column_names(specs)
-    if not (isinstance(max_nodata, (int, float)) and 0 <= max_nodata <= 1):
-        raise ValueError(f"Expected `max_nodata` to be a share in [0, 1]. Received: max_nodata={max_nodata!r}")
-    if nodata is not None and not isinstance(nodata, (int, float)):
-        raise ValueError(f"Expected `nodata` to be a number. Received: nodata={nodata!r}")
+    if not (is_number(max_nodata) and 0 <= max_nodata <= 1):
+        raise OptionError(f"Expected `max_nodata` to be a share in [0, 1]. Received: max_nodata={max_nodata!r}")
+    if nodata is not None and not is_number(nodata):
+        raise OptionError(f"Expected `nodata` to be a number. Received: nodata={nodata!r}")
     kind, block = parse_split(split) if split is not None else ("", 0)
     shares = parse_fractions(fractions)
     labels = list(labels) if labels is not None else find_labels(image_dir)
     if not labels:
-        raise ValueError("Expected at least one label")
+        raise OptionError("Expected at least one label")
     regions = find_regions(image_dir, labels, extension, "images")
     source_dir = os.fspath(target_dir) if target_dir is not None else image_dir
     if target_dir is not None:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, OptionError
 from .files import replaced
 from .loader import SequenceDataLoader
-from .split import SPLITS
+from .split import SPLITS, assign_units
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,17 @@ class TrainResult:
 
 
 def split_by_region(data: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation) tables; no region has tiles in both."""
+    """(train, validation) tables; no region has tiles in both. Regions are shared out as
+    ``dalidw tiles --split region`` does (``split.assign_units``): each side gets at least one.
+
+    Raises:
+        OptionError: fewer than 2 regions.
+    """
     regions = np.array(sorted(data["region_id"].unique(), key=str), dtype=object)
     if len(regions) < 2:
-        raise ValueError(f"a split by region needs at least 2 regions; the table has {len(regions)}")
-    rng = np.random.default_rng(seed)
-    n_val = min(len(regions) - 1, max(1, round(len(regions) * val_fraction)))
-    val_regions = set(rng.permutation(regions)[:n_val].tolist())
-    is_val = data["region_id"].isin(val_regions)
+        raise OptionError(f"a split by region needs at least 2 regions; the table has {len(regions)}")
+    codes = assign_units(len(regions), (1 - val_fraction, val_fraction), np.random.default_rng(seed), "regions")
+    is_val = data["region_id"].isin(set(regions[codes == SPLITS.index("val")].tolist()))
     return data[~is_val], data[is_val]
 
 
@@ -85,7 +88,7 @@ def make_strategy(name: str):
     """None, or the ``tf.distribute`` strategy: "mirrored" (the GPUs of this machine, or its CPU),
     "multiworker" (the cluster that TF_CONFIG describes)."""
     if name not in STRATEGIES:
-        raise ValueError(f"Expected `strategy` to be one of {list(STRATEGIES)}. Received: {name!r}")
+        raise OptionError(f"Expected `strategy` to be one of {list(STRATEGIES)}. Received: {name!r}")
     if name == "none":
         return None
     import tensorflow as tf
@@ -93,7 +96,7 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if not os.environ.get("TF_CONFIG"):
-        raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's index)")
+        raise OptionError("--strategy multiworker needs TF_CONFIG (the cluster and this worker's index)")
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -188,7 +191,7 @@ def train(
             epochs done, with options other than the checkpoint's, or with "multiworker".
     """
     if resume and strategy == "multiworker":
-        raise ValueError("Expected `strategy` to be 'none' or 'mirrored' to resume a run: the multiworker loop "
+        raise OptionError("Expected `strategy` to be 'none' or 'mirrored' to resume a run: the multiworker loop "
                          "writes no checkpoint. Received: strategy='multiworker', resume=True")
     dist = make_strategy(strategy)
     if dist is not None and dist.extended.should_checkpoint is False:
@@ -309,14 +312,14 @@ def _read_state(out_dir: str) -> dict[str, Any]:
     """The resume state of the run in ``out_dir``; ValueError where there is none."""
     path = os.path.join(out_dir, RESUME_STATE)
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(out_dir, CHECKPOINT)):
-        raise ValueError(f"Expected {CHECKPOINT} and {RESUME_STATE} of an earlier run in {out_dir} to resume it "
+        raise OptionError(f"Expected {CHECKPOINT} and {RESUME_STATE} of an earlier run in {out_dir} to resume it "
                          f"(training writes them after each epoch). Received: no checkpoint there")
     try:
         with open(path) as f:
             state = json.load(f)
         int(state["epochs_done"]), dict(state["options"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"Expected {path} to hold epochs_done and options. Received: unreadable ({err})") from None
+        raise OptionError(f"Expected {path} to hold epochs_done and options. Received: unreadable ({err})") from None
     return state
 
 
@@ -324,7 +327,7 @@ def _epochs_done(state: dict[str, Any], out_dir: str, options: dict[str, Any], e
     """The epochs done by the run in ``out_dir``, checked against this run's ``options`` and ``epochs``."""
     done = int(state["epochs_done"])
     if epochs <= done:
-        raise ValueError(f"Expected `epochs` to be more than the {done} epoch(s) already done in {out_dir}. "
+        raise OptionError(f"Expected `epochs` to be more than the {done} epoch(s) already done in {out_dir}. "
                          f"Received: epochs={epochs}")
     _check_options(out_dir, state["options"], options)
     return done
@@ -336,14 +339,14 @@ def _check_options(out_dir: str, saved: dict[str, Any], options: dict[str, Any])
               for name in sorted(set(saved) | set(options))
               if name in options and saved.get(name) != options[name]]
     if differ:
-        raise ValueError(f"Expected the options of the run in {out_dir} to resume it. Received: " + "; ".join(differ))
+        raise OptionError(f"Expected the options of the run in {out_dir} to resume it. Received: " + "; ".join(differ))
 
 
 def _check_input_shape(model, expected: tuple[int, ...], path: str) -> None:
     """ValueError unless ``model`` takes x of shape (B, *expected)."""
     shape = tuple(model.input_shape[1:])
     if shape != expected:
-        raise ValueError(f"Expected the model in {path} to take x of shape (B, {', '.join(map(str, expected))}). "
+        raise OptionError(f"Expected the model in {path} to take x of shape (B, {', '.join(map(str, expected))}). "
                          f"Received: (B, {', '.join(map(str, shape))})")
 
 

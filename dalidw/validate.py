@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from .bands import DTYPE_RANGES, ChannelSpec
-from .errors import DataError, shown
+from .errors import TIFF_ERRORS, DataError, shown
 from .index import TileTable, key_text
 from .nodata import GDAL_NODATA_TAG, tag_value
 
@@ -127,7 +127,7 @@ def read_header(path: str) -> ImageInfo:
             jpeg = int(page.compression) in (6, 7)
             tag = page.tags.get(GDAL_NODATA_TAG)
             nodata = tag_value(tag.value if tag is not None else None)
-    except Exception as err:  # tifffile raises many kinds for a broken file
+    except TIFF_ERRORS as err:
         raise ValueError(f"not a readable TIFF ({type(err).__name__}: {err})") from None
     return ImageInfo(height, width, channels, dtype, planar, tile_shape, photometric, bits, jpeg, nodata)
 

@@ -197,6 +197,26 @@ def test_verify_decode_accepts_sound_files(dataset):
     np.testing.assert_array_equal(a[0][0], b[0][0])
 
 
+def test_verify_decode_compares_every_image_and_finds_what_the_layout_check_cannot(dataset, monkeypatch):
+    """A decoder right on the first image of a layout (the one the layout check compares) and off by
+    one grey level on every later image: only ``verify_decode`` compares those, and refuses them."""
+    from dalidw.decode import DaliDecoder
+
+    honest, decoded = DaliDecoder.run, []
+
+    def wrong_after_the_first(self, encoded):
+        images = honest(self, encoded)
+        out = [image if not decoded and k == 0 else image ^ 1 for k, image in enumerate(images)]
+        decoded.extend(images)
+        return out
+
+    monkeypatch.setattr(DaliDecoder, "run", wrong_after_the_first)
+    with pytest.raises(DecodeError, match="DALI's decoder and tifffile disagree on its pixels"):
+        loader(dataset, verify_decode=True)[0]
+    decoded.clear()
+    loader(dataset)[0]  # without the audit the same decoder's later images go unseen
+
+
 def test_an_all_black_image_is_not_mistaken_for_a_broken_one(dataset):
     path = os.path.join(dataset.image_dir, "2016", "10.tif")
     tifffile.imwrite(path, np.zeros((96, 112, 3), np.uint8), photometric="rgb", compression="zlib")

@@ -60,6 +60,17 @@ def test_the_slow_path_warning_points_at_the_line_that_builds_the_loader(tmp_pat
     assert [(w.filename, w.lineno) for w in caught if w.category is SlowPathWarning] == [(__file__, line)]
 
 
+def test_a_warning_raised_while_a_batch_is_decoded_points_at_the_line_that_asks_for_it(tmp_path):
+    image = np.random.default_rng(3).random((12, 16, 3)).astype(np.float32)
+    image[5, 6, 1] = np.nan
+    image_dir = write_region(tmp_path, image, photometric="rgb", compression="zlib")
+    ld = SequenceDataLoader(YEARS, table(), image_dir, device="cpu", dim=(12, 16))
+    with pytest.warns(RuntimeWarning, match="NaN sample") as caught:
+        line = inspect.currentframe().f_lineno + 1
+        ld[0]
+    assert {(w.filename, w.lineno) for w in caught} == {(__file__, line)}
+
+
 def test_a_palette_image_is_not_read_as_rgb(tmp_path):
     ids = np.zeros((12, 16), np.uint8)
     image_dir = write_region(tmp_path, ids, photometric="palette", colormap=np.zeros((3, 256), np.uint16))

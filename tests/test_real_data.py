@@ -132,10 +132,10 @@ def test_a_layout_that_dali_decodes_wrong_takes_the_slow_path_with_the_right_pix
     def wrong_run(self, encoded):  # a decoder that is off by one grey level on every file, silently
         return [image + 1 for image in honest_run(self, encoded)]
 
-    from dalidw.decode import RegionDecoder
+    from dalidw.decode import DaliDecoder
 
-    honest_run = RegionDecoder.run_dali
-    monkeypatch.setattr(RegionDecoder, "run_dali", wrong_run)
+    honest_run = DaliDecoder.run
+    monkeypatch.setattr(DaliDecoder, "run", wrong_run)
     with pytest.warns(SlowPathWarning) as caught:
         ld = loader(ds, bands=[3, 1])
         got = [ld[index][0] for index in range(len(ld))]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from dalidw import DataError, SequenceDataLoader
+from dalidw import DataError, OptionError, SequenceDataLoader
 from dalidw.cli import main
 from dalidw.synth import SynthSpec, write_dataset
 from dalidw.tiles import build_tiles, write_tiles
@@ -240,10 +240,13 @@ def test_targets_and_tiles_that_cannot_be_computed_name_the_file(tmp_path, optio
     ({"tile": 0}, r"Expected `tile` to be \(height, width\) of positive ints. Received: tile=0"),
     ({"tile": (10, 2.5)}, r"Received: tile=\(10, 2.5\)"),
     ({"tile": 10, "stride": (5, 0)}, r"Expected `stride` to be .* Received: stride=\(5, 0\)"),
+    ({"tile": True}, r"Received: tile=True"),
+    ({"tile": 10, "max_nodata": True}, r"Received: max_nodata=True"),
+    ({"tile": 10, "nodata": False}, r"Received: nodata=False"),
 ])
-def test_tile_and_stride_must_be_positive_int_sizes(tmp_path, options, message):
+def test_tile_and_stride_must_be_positive_int_sizes_and_options_numbers_not_bools(tmp_path, options, message):
     image_dir, _ = class_maps(tmp_path, regions=1)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message):
         build_tiles(image_dir, **options)
 
 
