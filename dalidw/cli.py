@@ -47,14 +47,15 @@ def parse_bands(text: str) -> list[int]:
 
 
 def channel_options(args) -> dict:
-    """The loader's options from --bands, --num-classes, --scale and --allow-outside-links."""
+    """The loader's options from --bands, --num-classes, --scale, --allow-outside-links and --allow-mixed-sizes."""
     options = {}
     for name in ("bands", "num_classes", "scale"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
-    if getattr(args, "allow_outside_links", False):
-        options["allow_outside_links"] = True
+    for name in ("allow_outside_links", "allow_mixed_sizes"):
+        if getattr(args, name, False):
+            options[name] = True
     return options
 
 
@@ -97,9 +98,15 @@ def _read_csv(path: str):
     if not os.path.isfile(path):
         raise DataError([f"no such file: {path}"], context="the tiles table cannot be read")
     try:
-        return pd.read_csv(path)
+        data = pd.read_csv(path)
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
     except Exception as err:
         raise DataError([f"{path}: {err}"], context="the tiles table cannot be read") from None
+    if len(set(header)) < len(header) and len(header) == data.shape[1]:
+        # pandas renames a repeated name ("target", "target.1"); the names as written let the loader
+        # refuse a repeated column it reads instead of reading the first one
+        data.columns = [written or name for written, name in zip(header, data.columns)]
+    return data
 
 
 def cmd_synth(args) -> int:
@@ -319,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scale", type=float, help="divide by this instead of the sample type's range")
         p.add_argument("--allow-outside-links", action="store_true",
                        help="read images that symbolic links inside IMAGE_DIR lead out of it to")
+        p.add_argument("--allow-mixed-sizes", action="store_true",
+                       help="read regions whose images differ in size across labels (frames resampled on "
+                            "purpose): each box in each label's own pixels")
 
     def labels_arg(p):
         p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),

@@ -126,6 +126,17 @@ def target_columns(target: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def repeated_columns(data: pd.DataFrame, read: Sequence[str]) -> list[str]:
+    """A problem line for each column in ``read`` that ``data`` has more than once, e.g. after a merge.
+
+    Only the columns the loader reads are refused, as any of them would be ambiguous (which ``target``
+    is y?); a repeated column it never reads (a merge's leftovers) changes no batch, so it may stay.
+    """
+    columns = list(data.columns)
+    return [f"column {shown(name)} appears {columns.count(name)} times"
+            for name in dict.fromkeys(read) if columns.count(name) > 1]
+
+
 def build_table(
     data: pd.DataFrame,
     labels: Sequence[Any],
@@ -139,13 +150,18 @@ def build_table(
     the target of each tile come from its row of the last label; without it, one row per tile.
 
     Raises:
-        DataError: listing every problem found (missing columns, bad coordinates,
-            duplicate tiles, non-finite targets, tiles without a row for the last label).
+        DataError: naming every column it reads that appears more than once; else listing every
+            problem found (missing columns, bad coordinates, duplicate tiles, non-finite targets,
+            tiles without a row for the last label).
     """
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"Expected `data` to be a pandas DataFrame. Received: {type(data).__name__}")
     names = target_columns(target)
     required = ["tile_id", "region_id", "region_coordinates", *names]
+    repeated = repeated_columns(data, [*required, "label_id"])
+    if repeated:
+        raise DataError(repeated, context="the tiles table repeats columns the loader reads: keep one of each "
+                                          "(rename or drop the others)")
     missing = [c for c in required if c not in data.columns]
     if missing:
         raise DataError(

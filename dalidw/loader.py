@@ -63,7 +63,7 @@ class SequenceDataLoader:
                  augment: bool | str | Sequence[str] | None = None, locality: int | str | None = None,
                  device_cache_bytes: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
                  nodata: float | str | None = None, nodata_fill: float = 0.0, allow_outside_links: bool = False,
-                 shard_id: int = 0, num_shards: int = 1):
+                 allow_mixed_sizes: bool = False, shard_id: int = 0, num_shards: int = 1):
         self.labels = check_labels(labels)
         self.dim, self.batch_size = check_dim(dim), check_batch_size(batch_size)
         shard = check_shard(shard_id, num_shards)
@@ -84,7 +84,8 @@ class SequenceDataLoader:
         self.num_threads = int(num_threads or os.cpu_count() or 1)
         self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
         self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress,
-                                   max_pixels=max_image_pixels, allow_outside_links=bool(allow_outside_links))
+                                   max_pixels=max_image_pixels, allow_outside_links=bool(allow_outside_links),
+                                   allow_mixed_sizes=bool(allow_mixed_sizes))
         self.feed = assemble_feed(
             self.table, self.images, self.channels, norm=norm, nodata=nodata_rule, cache_bytes=cache_bytes,
             device_cache_bytes=device_cache_bytes, device=self.device, device_id=self.device_id,

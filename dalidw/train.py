@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import DataError, OptionError
 from .files import replaced
+from .index import repeated_columns
 from .loader import SequenceDataLoader
 from .split import SPLITS, assign_units
 
@@ -56,8 +57,10 @@ def split_by_column(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     empty rows (buffer tiles) are left out.
 
     Raises:
-        DataError: other values in the column, or no "train" or no "val" rows.
+        DataError: a second ``split`` column, other values in the column, or no "train" or no "val" rows.
     """
+    if repeated := repeated_columns(data, ["split"]):
+        raise DataError(repeated, context="the table's split column cannot be used")
     values = data["split"].fillna("").astype(str).str.strip()
     unknown = sorted(set(values) - {*SPLITS, ""})
     problems = [f"split value {v!r} is not train, val or test" for v in unknown[:10]]

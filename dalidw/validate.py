@@ -12,6 +12,7 @@ import tifffile
 
 from .bands import DTYPE_RANGES, ChannelSpec
 from .errors import TIFF_ERRORS, DataError, shown
+from .geo import Grid, read_grid
 from .index import TileTable, key_text
 from .nodata import GDAL_NODATA_TAG, tag_value
 
@@ -132,6 +133,64 @@ def read_header(path: str) -> ImageInfo:
     return ImageInfo(height, width, channels, dtype, planar, tile_shape, photometric, bits, jpeg, nodata)
 
 
+def read_grids(paths: Sequence[str]) -> list[Grid | None]:
+    """The GeoTIFF grid of each image, None where its tags cannot be read as one."""
+    grids: list[Grid | None] = []
+    for path in paths:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                grids.append(read_grid(tif.pages.first))
+        except Exception:  # unreadable tags: the grids only add to a size problem that stands without them
+            grids.append(None)
+    return grids
+
+
+def _pixel_size(transform: tuple[float, ...]) -> str:
+    """The pixel width and height of a transform ``(a, b, c, d, e, f)`` (see ``geo``), in CRS units:
+    "10", or "10x20" where they differ."""
+    a, b, _, d, e, _ = transform
+    width, height = float(np.hypot(a, d)), float(np.hypot(b, e))
+    return f"{width:.12g}" if width == height else f"{width:.12g}x{height:.12g}"
+
+
+def grid_differences(grids: Sequence[Grid | None]) -> list[str] | None:
+    """How the georeferenced grids among ``grids`` differ, e.g. ["pixel size 10 vs 5"]: [] where they
+    share CRS, pixel size and origin, None where fewer than two are georeferenced."""
+    placed = [(g.epsg, g.transform) for g in grids if g is not None and g.transform is not None]
+    if len(placed) < 2:
+        return None
+    aspects = {
+        "CRS": [f"EPSG {epsg}" if epsg is not None else "none named" for epsg, _ in placed],
+        "pixel size": [_pixel_size(transform) for _, transform in placed],
+        "origin": [f"({transform[2]:.12g}, {transform[5]:.12g})" for _, transform in placed],
+    }
+    return [f"{aspect} {' vs '.join(dict.fromkeys(values))}" for aspect, values in aspects.items()
+            if len(set(values)) > 1]
+
+
+def mixed_sizes(labels: Sequence[Any], regions: Sequence[str], paths: np.ndarray,
+                infos: dict[tuple[int, int], ImageInfo]) -> list[str]:
+    """A problem line for each region whose images (those whose header was read) differ in height or
+    width across labels, where one pixel box may cut other ground in each. GeoTIFF tags are read only
+    for those regions."""
+    problems = []
+    for j, region in enumerate(regions):
+        found = [t for t in range(len(labels)) if (t, j) in infos]
+        if len({(infos[t, j].height, infos[t, j].width) for t in found}) < 2:
+            continue
+        sizes = ", ".join(f"{shown(labels[t])} {infos[t, j].width}x{infos[t, j].height}" for t in found)
+        differ = grid_differences(read_grids([paths[t, j] for t in found]))
+        if differ is None:
+            why = "; the same pixel box may cut other ground in each label"
+        elif differ:
+            why = f", and their GeoTIFF grids differ: {', '.join(differ)}; the same pixel box cuts other ground in each"
+        else:
+            why = ", though their GeoTIFF grids share CRS, pixel size and origin (only the extent differs)"
+        problems.append(f"region {shown(region)}: images differ in size across labels: {sizes} (width x height)"
+                        f"{why}; pass allow_mixed_sizes=True to read each box in each label's own pixels")
+    return problems
+
+
 def check_images(
     table: TileTable,
     labels: Sequence[Any],
@@ -142,16 +201,18 @@ def check_images(
     max_pixels: int = MAX_IMAGE_PIXELS,
     progress: bool | None = None,
     allow_outside_links: bool = False,
+    allow_mixed_sizes: bool = False,
 ) -> ImageSet:
     """Check that every label's image of every region exists, is readable and holds every box.
 
     Every image must resolve (symbolic links followed) inside ``image_dir`` unless
-    ``allow_outside_links``.
+    ``allow_outside_links``; a region's images must share one size unless ``allow_mixed_sizes``
+    (then each box is read in each label's own pixels).
 
     Raises:
         DataError: listing every missing or unreadable image, every image a symbolic link leads
-            out of ``image_dir`` to, every box outside its image, and images whose sample type or
-            bands cannot give the ``channels`` asked for.
+            out of ``image_dir`` to, every region whose images differ in size, every box outside its
+            image, and images whose sample type or bands cannot give the ``channels`` asked for.
     """
     regions = list(dict.fromkeys(table.region_ids.tolist()))
     region_index = {r: j for j, r in enumerate(regions)}
@@ -198,6 +259,8 @@ def check_images(
             problems.append(problem)
     if len(dtypes) > 1:
         problems.append("images mix sample types: " + ", ".join(f"{d} (e.g. {p})" for d, p in dtypes.items()))
+    if not allow_mixed_sizes:
+        problems += mixed_sizes(labels, regions, paths, infos)
 
     box_regions = np.array([region_index[r] for r in table.region_ids], dtype=np.int64)
     unknown = np.iinfo(np.int64).max

@@ -1,11 +1,12 @@
 """The tiles table: coordinates are parsed safely, long and wide frames reduce to one row per tile,
-and every problem in the table is reported at once."""
+a column read twice is refused, and every problem in the table is reported at once."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dalidw import DataError, parse_box
+from dalidw import DataError, SequenceDataLoader, parse_box
+from dalidw.cli import main
 from dalidw.index import build_table
 
 
@@ -127,3 +128,34 @@ def test_no_rows_for_the_last_label_says_which_labels_there_are():
 def test_an_empty_table_is_an_error():
     with pytest.raises(DataError, match="no rows"):
         build_table(long_table().iloc[:0], [2020, 2021])
+
+
+def repeated(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``frame`` with a second ``column``, as a merge or ``pd.concat(axis=1)`` leaves it."""
+    return pd.concat([frame, frame[[column]]], axis=1)
+
+
+@pytest.mark.parametrize("column", ["target", "tile_id", "label_id"])
+def test_a_repeated_column_the_loader_reads_is_named_before_any_file_is_read(tmp_path, column):
+    frame = repeated(long_table(), column)
+    missing = tmp_path / "no-such-folder"  # reading any file would be a DataError naming it
+    with pytest.raises(DataError, match=rf"repeats columns the loader reads.*\n  - column '{column}' appears 2 "
+                                        r"times$") as info:
+        SequenceDataLoader([2020, 2021], frame, missing, device="cpu")
+    assert len(info.value.problems) == 1
+
+
+def test_every_repeated_column_read_is_listed_and_others_are_left_alone():
+    frame = long_table().assign(t2=1.0, notes="a")
+    twice = pd.concat([frame, frame[["region_id", "t2", "t2", "region_coordinates"]]], axis=1)
+    with pytest.raises(DataError) as info:
+        build_table(twice, [2020, 2021], ["target", "t2"])
+    assert info.value.problems == ["column 'region_id' appears 2 times",
+                                   "column 'region_coordinates' appears 2 times", "column 't2' appears 3 times"]
+    assert len(build_table(repeated(frame, "notes"), [2020, 2021])) == 2
+
+
+def test_check_names_a_repeated_column_of_the_csv(dataset, tmp_path, capfd):
+    repeated(dataset.table, "target").to_csv(tmp_path / "tiles.csv", index=False)
+    assert main(["check", str(tmp_path / "tiles.csv"), dataset.image_dir, "--labels", "2016..2018"]) == 2
+    assert "column 'target' appears 2 times" in capfd.readouterr().err

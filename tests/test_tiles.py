@@ -291,3 +291,5 @@ def test_train_splits_by_the_table_split_column():
         split_by_column(table.assign(split=["train", "test", "test", "train"]))
     with pytest.raises(DataError, match="'holdout' is not train, val or test"):
         split_by_column(table.assign(split=["train", "val", "holdout", "train"]))
+    with pytest.raises(DataError, match="column 'split' appears 2 times"):
+        split_by_column(pd.concat([table, table[["split"]]], axis=1))
