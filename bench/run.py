@@ -9,7 +9,7 @@ for dalidw, the host milliseconds spent preparing one batch's inputs. Results go
 bench/results/<mode>-<layout>.json with a PNG bar chart; the table is printed.
 
     python bench/run.py --quick            # under a minute on 2 cores
-    python bench/run.py                    # the full run of the README's table
+    python bench/run.py                    # the full run of docs/performance.md's table
     python bench/run.py --curves           # cost curves: batch size, T, output size, data vs cache
     python bench/run.py --seed-code PATH   # adds the original SequenceDataLoader.py as a row
 """

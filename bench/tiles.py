@@ -13,7 +13,7 @@ year), then runs each measurement in its own process, so that its peak memory is
 - imports: the interpreter with numpy, pandas and dalidw imported, the memory every row starts from.
 
     python bench/tiles.py --quick      # 4 regions of 1024x1024, 7 years
-    python bench/tiles.py              # 20 regions of 4096x4096, 7 years (the README's figures)
+    python bench/tiles.py              # 20 regions of 4096x4096, 7 years (docs/performance.md's figures)
 
 Results go to bench/results/tiles-<mode>.json; the table is printed.
 """

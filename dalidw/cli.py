@@ -318,12 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dalidw {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="show the start-up messages of TensorFlow, CUDA and DALI (hidden by default)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND",
+                                help="dalidw COMMAND --help lists the options of a command")
 
     def channels_args(p):
-        p.add_argument("--bands", type=parse_bands, help="0-based bands to pick from multi-band images, e.g. 3,2,1")
-        p.add_argument("--num-classes", type=int, help="one-hot encode a single-band class map to K channels")
-        p.add_argument("--scale", type=float, help="divide by this instead of the sample type's range")
+        p.add_argument("--bands", type=parse_bands, help="0-based bands to pick from multi-band images, in output "
+                       "order, e.g. 3,2,1 (default: the first 3 bands of an RGB or RGBA image; the one "
+                       "band with --num-classes)")
+        p.add_argument("--num-classes", type=int, metavar="K", help="one-hot encode a single-band class map of ids "
+                       "0..K-1 to K channels (default: no one-hot)")
+        p.add_argument("--scale", type=float, help="divide samples by this instead of the sample type's range, e.g. "
+                       "10000 for Sentinel-2 reflectance (default: 255 for uint8, 65535 for uint16, 32767 for "
+                       "int16; float samples unscaled)")
         p.add_argument("--allow-outside-links", action="store_true",
                        help="read images that symbolic links inside IMAGE_DIR lead out of it to")
         p.add_argument("--allow-mixed-sizes", action="store_true",
@@ -332,53 +338,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     def labels_arg(p):
         p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),
-                       help="labels in frame order: FIRST..LAST or a comma list (default 2016..2022)")
+                       help="labels in frame order: FIRST..LAST or a comma list (default: 2016..2022)")
 
     p = sub.add_parser("synth", help="write a synthetic Dynamic World-like dataset")
-    p.add_argument("out_dir")
-    p.add_argument("--regions", type=int, default=4)
-    p.add_argument("--size", type=parse_dim, default=(256, 256), help="region HEIGHTxWIDTH in pixels")
-    p.add_argument("--tile", type=parse_dim, default=(40, 45), help="tile HEIGHTxWIDTH in pixels")
-    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled", "lzw"])
+    p.add_argument("out_dir", help="the folder to write: OUT_DIR/tiles.csv and OUT_DIR/Images/LABEL/REGION.tif")
+    p.add_argument("--regions", type=int, default=4, help="regions, one image per region and label "
+                                                          "(default: %(default)s)")
+    p.add_argument("--size", type=parse_dim, default=(256, 256), help="region HEIGHTxWIDTH in pixels, or one SIZE "
+                                                                      "(default: 256x256)")
+    p.add_argument("--tile", type=parse_dim, default=(40, 45), help="tile HEIGHTxWIDTH in pixels, or one SIZE "
+                                                                    "(default: 40x45)")
+    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled", "lzw"],
+                   help="TIFF storage: raw (uncompressed), deflate (one strip), tiled (deflate, 256x256 tiles) or "
+                        "lzw (default: %(default)s)")
     p.add_argument("--kind", default="rgb", choices=["rgb", "label", "probability", "sentinel"],
                    help="rgb: class colours; label: uint8 class ids; probability: 9 float32 bands; "
-                        "sentinel: uint16 reflectance")
+                        "sentinel: uint16 reflectance (default: %(default)s)")
     p.add_argument("--bands", type=int, help="bands of --kind sentinel (4 to 13, default 10) or rgb (1 or 3)")
     p.add_argument("--planar", action="store_true", help="write bands planar-separate")
     p.add_argument("--class-maps", action="store_true", help="also write each image's class map to ClassMaps/ "
                                                              "(uint8 class ids, for dalidw tiles --target-images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the data follows from it (default: %(default)s)")
     labels_arg(p)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("tiles", help="build the tiles table (grid, targets, bounds, split) from region images")
     p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
-    p.add_argument("-o", "--output", default="tiles.csv", help="the CSV to write (default tiles.csv)")
+    p.add_argument("-o", "--output", default="tiles.csv", help="the CSV to write (default: %(default)s)")
     p.add_argument("--tile", nargs="+", required=True, metavar="SIZE", help="tile height and width in pixels: "
                    "H W, HxW or one size")
     p.add_argument("--stride", nargs="+", metavar="SIZE", help="pixels between tiles, H W, HxW or one size "
                    "(default: the tile size)")
     p.add_argument("--target", action="append", metavar="[NAME=]KIND:ARG",
                    help="fraction:CLASS[,CLASS...] (share of those class ids), change:CLASS[,...] (last minus "
-                        "first label), mean:BAND; repeat for several columns; the first is named 'target'")
-    p.add_argument("--target-images", help="folder of the images targets are computed from (same layout), "
-                                           "e.g. class maps beside RGB inputs")
-    p.add_argument("--nodata", type=float, help="a sample value marking invalid pixels (besides NaN and the "
-                                                "files' GDAL nodata tag)")
-    p.add_argument("--max-nodata", type=float, default=0.0, help="skip tiles with a larger share of invalid "
-                                                                 "pixels (default 0: any)")
+                        "first label), mean:BAND; repeat for several columns; the first is named 'target' "
+                        "(default: no target column)")
+    p.add_argument("--target-images", metavar="DIR", help="folder of the images targets are computed from (same "
+                                                          "layout), e.g. class maps beside RGB inputs (default: "
+                                                          "IMAGE_DIR)")
+    p.add_argument("--nodata", type=float, metavar="V", help="a sample value marking invalid pixels, in stored "
+                                                             "units, besides NaN and the files' GDAL nodata tag "
+                                                             "(default: none)")
+    p.add_argument("--max-nodata", type=float, default=0.0, help="skip tiles whose share (0 to 1) of invalid "
+                                                                 "pixels is larger (default: %(default)s, skip a "
+                                                                 "tile with any)")
     p.add_argument("--split", help="add a split column: region (whole regions), blocks:N (blocks of NxN tiles, "
-                                   "a one-tile buffer dropped between splits) or random (leaks; by name only)")
-    p.add_argument("--split-fractions", default="0.7,0.15,0.15", help="train,val[,test] shares")
-    p.add_argument("--seed", type=int, default=0, help="the split follows from it")
+                                   "a one-tile buffer dropped between splits) or random (leaks; by name only) "
+                                   "(default: no split column)")
+    p.add_argument("--split-fractions", default="0.7,0.15,0.15", help="train,val[,test] shares "
+                                                                      "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the split follows from it (default: %(default)s)")
     p.add_argument("--labels", type=parse_labels, help="labels in frame order (default: every folder of "
                                                          "IMAGE_DIR, in numeric order)")
     p.set_defaults(func=cmd_tiles)
 
     p = sub.add_parser("check", help="check a tiles CSV against its images (headers only; --decode: pixels too)")
-    p.add_argument("csv")
-    p.add_argument("image_dir")
-    p.add_argument("--n-channels", type=int, choices=[1, 3], help="3 (RGB, the default) or 1 (gray)")
+    p.add_argument("csv", help="the tiles table (CSV): tile_id, region_id, region_coordinates, the target "
+                               "column(s), optionally label_id")
+    p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
+    p.add_argument("--n-channels", type=int, choices=[1, 3], help="output channels: 3 for RGB, 1 for gray (default: 3, "
+                                                                  "or 1 with --num-classes; with --bands it follows "
+                                                                  "them)")
     p.add_argument("--decode", action="store_true",
                    help="also check every strip and tile of every image, then decode every image once and verify it")
     channels_args(p)
@@ -386,35 +406,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="draw one tile's sequence, or a batch, as the model sees it")
-    p.add_argument("csv")
-    p.add_argument("image_dir")
+    p.add_argument("csv", help="the tiles table (CSV): tile_id, region_id, region_coordinates, the target "
+                               "column(s), optionally label_id")
+    p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--tile", help="the tile_id to draw")
-    which.add_argument("--batch", type=int, help="draw batch N of an epoch as a grid instead")
-    p.add_argument("-o", "--output", default="sample.png")
-    p.add_argument("--dim", type=parse_dim, default=(64, 64))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="with --batch: tiles per batch")
-    p.add_argument("--rows", type=positive_int, default=8, help="with --batch: at most this many tiles drawn")
-    p.add_argument("--epoch", type=non_negative_int, default=0, help="with --batch: the epoch (its shuffle order)")
-    p.add_argument("--seed", type=int, default=42, help="with --batch: the loader's random_seed")
+    which.add_argument("--batch", type=int, metavar="N", help="draw batch N (from 0) of an epoch as a grid instead")
+    p.add_argument("-o", "--output", default="sample.png", help="the PNG to write (default: %(default)s)")
+    p.add_argument("--dim", type=parse_dim, default=(64, 64), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
+                                                                   "(default: 64x64)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
+                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="with --batch: tiles per batch "
+                                                                       "(default: %(default)s)")
+    p.add_argument("--rows", type=positive_int, default=8, help="with --batch: at most this many tiles drawn "
+                                                                "(default: %(default)s)")
+    p.add_argument("--epoch", type=non_negative_int, default=0, help="with --batch: the epoch, from 0, whose shuffle "
+                                                                     "order is drawn (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="with --batch: the loader's random_seed "
+                                                        "(default: %(default)s)")
     p.add_argument("--no-shuffle", action="store_true", help="with --batch: table order")
     channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("train", help="train the urbanization ConvLSTM")
-    p.add_argument("csv")
-    p.add_argument("image_dir")
-    p.add_argument("--epochs", type=positive_int, default=5)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--dim", type=parse_dim, default=(32, 32))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="dalidw-train")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("csv", help="the tiles table (CSV): tile_id, region_id, region_coordinates, the target "
+                               "column(s), optionally label_id")
+    p.add_argument("image_dir", help="the images: IMAGE_DIR/LABEL/REGION.tif")
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs in all, those of a resumed run included "
+                                                                  "(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="tiles per batch; with --strategy, the "
+                                                                       "global batch (default: %(default)s)")
+    p.add_argument("--dim", type=parse_dim, default=(32, 32), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
+                                                                   "(default: 32x32)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
+                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--out", default="dalidw-train", help="folder for the model, log.csv, loss.png and the "
+                                                         "checkpoints (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the loader's random_seed, Keras's random seed and the "
+                                                       "split by region (default: %(default)s)")
     p.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker"],
                    help="tf.distribute: mirrored (this machine's GPUs), multiworker (machines in TF_CONFIG); "
-                        "--batch-size is then the global batch")
+                        "--batch-size is then the global batch (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, up to --epochs in all, with the "
                         "same options; the log is appended to")
@@ -423,20 +457,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="synth, check, train a few epochs and show a sample")
-    p.add_argument("--epochs", type=positive_int, default=6)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs to train (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
+                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--out", default="demo-out", help="folder for the model, log.csv, loss.png, sample.png and "
+                                                     "the checkpoints (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the data and the training follow from it "
+                                                       "(default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="run the throughput benchmark of bench/ (from a source clone)")
     p.add_argument("--quick", action="store_true", help="small data: under a minute on 2 cores")
-    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled"])
+    p.add_argument("--layout", default="tiled", choices=["raw", "deflate", "tiled"],
+                   help="TIFF storage of the generated data (default: %(default)s)")
     p.add_argument("--data", help="where the generated dataset goes (default: a temporary folder)")
     p.add_argument("--out", help="where the JSON and the chart go (default: bench/results)")
-    p.add_argument("--only", nargs="*", help="loaders to run (default: all)")
+    p.add_argument("--only", nargs="*", metavar="LOADER", help="loaders to run (default: all)")
     p.add_argument("--curves", action="store_true", help="the cost curves instead of the table")
     p.add_argument("--rounds", type=int, help="runs of each loader (default: 3, quick: 1)")
-    p.add_argument("--seed-code", help="the original SequenceDataLoader.py, for the 'seed' row")
+    p.add_argument("--seed-code", metavar="PATH", help="the original SequenceDataLoader.py, for the 'seed' row "
+                                                       "(default: $DALIDW_SEED_CODE, else no 'seed' row)")
     p.set_defaults(func=cmd_bench)
     return parser
 

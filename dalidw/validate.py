@@ -140,7 +140,7 @@ def read_grids(paths: Sequence[str]) -> list[Grid | None]:
         try:
             with tifffile.TiffFile(path) as tif:
                 grids.append(read_grid(tif.pages.first))
-        except Exception:  # unreadable tags: the grids only add to a size problem that stands without them
+        except TIFF_ERRORS:  # unreadable tags (read_grid raises ValueError): the size problem stands without them
             grids.append(None)
     return grids
 

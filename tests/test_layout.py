@@ -1,5 +1,5 @@
-"""The package reads in one direction: every module imports only modules listed below it in the
-README's "Layout of the code", and no code reads another module's or object's private names."""
+"""The package reads in one direction: every module imports only modules listed below it in
+"Layout of the code" of docs/how-it-works.md, and no code reads another module's or object's private names."""
 
 import ast
 import re
@@ -15,9 +15,9 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
 def layout_ranks() -> dict[str, tuple[int, int]]:
-    """Module name -> (line, place on the line) in the README's layout block."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index("## Layout of the code") :]
+    """Module name -> (line, place on the line) in the layout block of docs/how-it-works.md."""
+    page = (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8")
+    block = page[page.index("## Layout of the code") :]
     block = block[block.index("```\ndalidw/") + 4 : block.index("\ntests/")]
     ranks = {}
     for line_no, line in enumerate(block.splitlines()):

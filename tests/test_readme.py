@@ -1,4 +1,4 @@
-"""The README is the one home of the loader's option and method documentation: its tables name
+"""docs/loader.md is the one home of the loader's option and method documentation: its tables name
 every parameter, in the order of the signature, and every public member."""
 
 import ast
@@ -8,12 +8,14 @@ from pathlib import Path
 
 from dalidw import SequenceDataLoader
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+LOADER_PAGE = (Path(__file__).resolve().parents[1] / "docs" / "loader.md").read_text(encoding="utf-8")
 
 
 def section(title: str) -> str:
-    start = README.index(f"### {title}\n")
-    return README[start : README.index("\n### ", start + 1)]
+    """The text under ``### title``, up to the next heading of any level."""
+    start = LOADER_PAGE.index(f"### {title}\n")
+    end = re.compile(r"^#{1,6} ", re.MULTILINE).search(LOADER_PAGE, start + 1)
+    return LOADER_PAGE[start : end.start() if end else len(LOADER_PAGE)]
 
 
 def test_the_parameters_table_names_every_parameter_in_signature_order():
@@ -47,8 +49,8 @@ def test_the_parameters_table_gives_each_parameters_default():
     assert checked == len(parameters)
 
 
-def test_the_keyword_only_boundary_in_the_readme_is_the_signatures():
-    first_keyword = re.search(r"Options from `(\w+)` on are keyword-only", README).group(1)
+def test_the_keyword_only_boundary_in_the_docs_is_the_signatures():
+    first_keyword = re.search(r"Options from `(\w+)` on are keyword-only", section("Parameters")).group(1)
     parameters = inspect.signature(SequenceDataLoader).parameters
     keyword_only = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     assert keyword_only[0] == first_keyword
