@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # TensorFlow and DALI versions the DALI TensorFlow plugin is built against (prebuilt for TF 2.20, 2.21).
 # On a machine with an NVIDIA GPU (nvidia-smi lists one) TensorFlow comes with its CUDA libraries and
-# CuPy holds the regions resident on the GPU; elsewhere plain TensorFlow (no CUDA download).
+# CuPy holds the region tiles on the GPU; elsewhere plain TensorFlow (no CUDA download).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TF_SPEC ?= tensorflow$(if $(HAS_GPU),[and-cuda])>=2.20,<2.22
-EXTRAS ?= dev$(if $(HAS_GPU),$(comma)gpu)
+# Keras on JAX: the CPU build everywhere (the tests run the JAX path), its CUDA build beside a GPU
+JAX_GPU_SPEC ?= jax[cuda12]>=0.4.31
+EXTRAS ?= dev,jax$(if $(HAS_GPU),$(comma)gpu)
 comma := ,
 DALI_SPEC ?= nvidia-dali-cuda120>=2.0
 PLUGIN_SPEC ?= nvidia-dali-tf-plugin-cuda120
@@ -24,6 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# the plugin compiles against the installed TensorFlow and DALI: after both, without build isolation
 	$(PIP) install -q --no-build-isolation "$(PLUGIN_SPEC)==$$($(PY) -c 'import nvidia.dali as d; print(d.__version__)')"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(if $(HAS_GPU),$(PIP) install -q "$(JAX_GPU_SPEC)")
 	$(PY) -c "import dalidw.tf as t; t.import_plugin(); print('dalidw: set-up complete')"
 	touch $@
 

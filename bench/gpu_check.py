@@ -1,41 +1,52 @@
-"""The GPU check: does dalidw's graph run on the GPU, agree with the CPU, and how fast is it?
+"""The GPU check: does dalidw run on the GPU, agree with the CPU, how fast is it, and how much of a
+training step does the loader cost?
 
-    python bench/gpu_check.py [--out check.json]      # on a machine with one NVIDIA GPU (about a minute)
-    python bench/gpu_check.py --self-test             # the same mechanics on the CPU (CI runs this)
+    python bench/gpu_check.py [--out check.json]      # on a machine with one NVIDIA GPU (a few minutes)
+    python bench/gpu_check.py --self-test             # the same mechanics on the CPU, small (CI runs this)
 
 Part (a) needs numpy, pandas, tifffile, DALI and (on a GPU) CuPy, not TensorFlow:
   - placement: every operator on the data path of the graph runs on the device asked for;
   - parity: for six setups (boxes of several sizes, of one size, "last-image", uint16 with mean/std,
-    float32, one-hot class maps with augmentation), every batch of the graph that cuts crops from
-    region stacks resident on the device equals the CPU loader's batch within 1e-5 (times the
-    batch's scale, max(1, max |x|));
+    float32, one-hot class maps with augmentation), every batch of the device loader, run ahead as
+    training reads it (frames cut on the GPU into reused device buffers), and every batch of its
+    numpy path, equals the CPU loader's batch within 1e-5 (times the batch's scale, max(1, max |x|));
   - TIFF variants: which ones dalidw's decoder reads with tifffile's pixels, and on a GPU whether
     DALI's GPU decoder alone does;
-  - speed, every row in one run (T=7, 64x64x3, batch 256, 40x45 boxes, regions resident):
-    samples/s, host ms spent preparing each batch, host cores busy and device memory for the
-    region graph; the same for the crop graph (crops cut on the host) on the device and, on a GPU,
-    on the CPU; and two peers without DALI on the same resident regions: array ops (CuPy on a GPU,
-    NumPy on the CPU) and, where installed, torchvision's roi_align.
+  - speed, every row in one run (T=7, 40x45 boxes resized to 64x64x3, regions resident): the loader's
+    graph at batch 256 with DALI two batches ahead, and variants of it (outputs bound to a CUDA
+    stream, three batches ahead, resize minibatches of 256, batch 1024); the graph fed crops cut on
+    the host, as ``dataset()`` feeds DALI's TensorFlow plugin; on a GPU the CPU loader's graph; two
+    peers without DALI on the same resident regions: array ops (CuPy on a GPU, NumPy on the CPU) and
+    torchvision's roi_align where installed. Each row: samples/s, host cores busy (process CPU time
+    over wall time), device memory in use (all allocators);
+  - large regions: regions of 4096x4096 pixels and 7 years (small on the CPU), a grid of tiles over
+    each, through the same graph, with the bytes resident and the device memory in use.
 Part (b), only where TensorFlow sees a GPU: ``dataset()`` elements arrive on the GPU, one epoch of
 ``model.fit``, and a MirroredStrategy epoch.
+Part (c), where Keras and JAX are installed (in a process of its own, Keras on JAX): one timed run
+of ``model.fit`` of ``dalidw train``'s ConvLSTM at batch 256, T=7, 64x64x3 (small on the CPU), fed
+(i) by the loader's PyDataset (JAX arrays on the loader's device) and (ii) by the same batches
+already resident there; steps/s of each, the loader's overhead = step time (i) / step time (ii) - 1,
+host cores busy, and the cost of the partial last batch's compilation; for the default model (16
+filters) and a larger one (64 filters; on the CPU 4 and 8 filters, where JAX is slow).
 
-With ``--self-test`` the device is the CPU: the "regions" graph (region stacks referenced, DALI
-slices) is compared with the loader's "crops" graph (crops cut on the host). Without a GPU and
-without ``--self-test`` it says so and exits 0, measuring nothing. The JSON summary is printed
-and written to ``--out`` (also after each section, so a crash or time-out keeps what was
-measured); a section that raises is reported as such and the others still run; the exit status
-is 1 when a check fails.
+The JSON has every section and a "summary" block of the headline figures. It is printed and
+written to ``--out`` (also after each section, so a crash or time-out keeps what was measured); a
+section that raises is reported as such and the others still run; the exit status is 1 when a
+check fails. Without a GPU and without ``--self-test`` it says so and exits 0, measuring nothing.
 
-On a machine without a package index, DALI's wheels can travel in parts; with every part in
-.whlparts/:  mkdir -p .wheels && cat .whlparts/part-* | tar xf - -C .wheels &&
+On a machine without a package index, DALI's and Keras's wheels can travel in parts; with every
+part in .whlparts/:  mkdir -p .wheels && cat .whlparts/part-* | tar xf - -C .wheels &&
 python3 -m pip install -q --no-index --no-deps --target .site .wheels/*.whl && export PYTHONPATH=$PWD/.site
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,9 +59,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 ATOL = 1e-5
-#: Batches DALI runs ahead in the speed check.
-PREFETCH = 2
 YEARS = [2016, 2017, 2018]
+SPEED_YEARS = list(range(2016, 2023))
 
 
 # -- data written with tifffile ---------------------------------------------------------------------
@@ -58,8 +68,8 @@ YEARS = [2016, 2017, 2018]
 def smooth(rng: np.random.Generator, shape: tuple[int, int, int], dtype: str, classes: int = 0) -> np.ndarray:
     """Locally smooth random pixels (so resizing has something to do), or class ids 0..classes-1."""
     h, w, c = shape
-    coarse = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, c)).astype(np.float64)
-    up = np.kron(coarse, np.ones((8, 8, 1)))[:h, :w] + rng.normal(0, 8, (h, w, c))
+    coarse = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, c)).astype(np.float32)
+    up = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w] + rng.normal(0, 8, (h, w, c)).astype(np.float32)
     up = up.clip(0, 255)
     if classes:
         return (up * classes // 256).astype(np.uint8)
@@ -72,8 +82,9 @@ def smooth(rng: np.random.Generator, shape: tuple[int, int, int], dtype: str, cl
 
 def write_set(root: str, *, years: list[int], regions: int = 2, size: tuple[int, int] = (160, 176), bands: int = 3,
               dtype: str = "uint8", classes: int = 0, box: tuple[int, int] | None = None, tiles: int = 10,
-              seed: int = 0) -> pd.DataFrame:
-    """Region TIFFs under root/Images/{year}/{region}.tif and their tiles table (long format)."""
+              grid: bool = False, seed: int = 0) -> pd.DataFrame:
+    """Region TIFFs under root/Images/{year}/{region}.tif and their tiles table (long format): ``tiles``
+    boxes per region at random places, or with ``grid`` every ``box`` of a grid over the region."""
     import tifffile
 
     rng = np.random.default_rng(seed)
@@ -87,13 +98,21 @@ def write_set(root: str, *, years: list[int], regions: int = 2, size: tuple[int,
             if bands == 1:
                 options.pop("planarconfig")
             tifffile.imwrite(os.path.join(root, "Images", str(year), f"{r}.tif"), data, compression="zlib",
-                             tile=(32, 32), **options)
-        for k in range(tiles):
-            h, w = box or (int(rng.integers(12, 60)), int(rng.integers(12, 60)))
-            y0, x0 = int(rng.integers(0, size[0] - h)), int(rng.integers(0, size[1] - w))
+                             compressionargs={"level": 1}, tile=(256, 256) if grid else (32, 32), **options)
+        if grid:
+            h, w = box
+            places = [(y, x) for y in range(0, size[0] - h + 1, h) for x in range(0, size[1] - w + 1, w)]
+        else:
+            places = []
+            for _ in range(tiles):
+                h, w = box or (int(rng.integers(12, 60)), int(rng.integers(12, 60)))
+                places.append((int(rng.integers(0, size[0] - h)), int(rng.integers(0, size[1] - w)), h, w))
+        for k, place in enumerate(places):
+            y0, x0 = place[:2]
+            h, w = (box if grid else place[2:])
             target = float(rng.random())
             for year in years:
-                rows.append({"tile_id": r * 1000 + k, "region_id": r, "label_id": year, "target": target,
+                rows.append({"tile_id": r * 100000 + k, "region_id": r, "label_id": year, "target": target,
                              "region_coordinates": f"({x0}, {y0}, {x0 + w}, {y0 + h})"})
     return pd.DataFrame(rows)
 
@@ -126,16 +145,16 @@ def compare(got: np.ndarray, expected: np.ndarray, atol: float = ATOL) -> dict:
     return {"ok": bool(diff <= bound), "max_abs_diff": diff, "bound": bound}
 
 
-def device_feed(loader_device, loader_cpu, device: str):
-    """The feed of the graph under test: on the GPU the loader's own ("regions", stacks on the
-    device); on the CPU the CPU loader's feed switched to region references."""
-    if device == "gpu":
-        return loader_device.feed
-    return loader_cpu.feed.replace(source="regions")
+def host(batch) -> np.ndarray:
+    """A DALI output batch (CPU or GPU tensor list) as a NumPy array."""
+    if hasattr(batch, "as_cpu"):
+        batch = batch.as_cpu()
+    return batch.as_array()
 
 
 def check_parity(device: str, scratch: str) -> dict:
     from dalidw import SequenceDataLoader
+    from dalidw.runahead import RunAhead
 
     out = {}
     for k, (name, (data_options, options)) in enumerate(SETUPS.items()):
@@ -143,15 +162,15 @@ def check_parity(device: str, scratch: str) -> dict:
         table = write_set(root, years=YEARS, seed=k, **data_options)
         common = {"batch_size": 4, "dim": (20, 28), "random_seed": 5, **options}
         cpu = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device="cpu", **common)
-        dev = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, **common) \
-            if device == "gpu" else None
-        feed, worst, bound, ok = device_feed(dev, cpu, device), 0.0, ATOL, True
+        dev = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, **common)
+        run, worst, bound, ok = RunAhead(dev.feed), 0.0, ATOL, True
         for epoch in range(2):
             for index in range(len(cpu)):
-                cpu.epoch = epoch  # the CPU loader's own batch of this epoch
+                cpu.epoch = dev.epoch = epoch  # the CPU loader's own batch of this epoch
                 ex, ey = cpu[index]
-                gx, gy = feed.run(feed.inputs(epoch, index))
-                for result in (compare(gx, ex), compare(gy, ey)):
+                gx, gy = run(epoch * len(cpu) + index)
+                nx, ny = dev[index]  # the device loader's numpy path
+                for result in (compare(host(gx), ex), compare(host(gy), ey), compare(nx, ex), compare(ny, ey)):
                     ok &= result["ok"]
                     worst = max(worst, result.get("max_abs_diff", np.inf))
                     bound = max(bound, result.get("bound", ATOL))
@@ -159,18 +178,19 @@ def check_parity(device: str, scratch: str) -> dict:
     return out
 
 
-def check_placement(device: str) -> dict:
-    from dalidw.pipeline import GraphSpec, build_pipeline, placement
+def check_placement(device: str, scratch: str) -> dict:
+    from dalidw import SequenceDataLoader
+    from dalidw.pipeline import build_pipeline, placement
 
-    spec = GraphSpec(batch_size=4, dim=(8, 8), channels=3, frames=3, input_dtype=np.uint8, gain=(1 / 255,) * 3,
-                     offset=(0.0,) * 3, interpolation="linear", num_classes=0, split_last=False, target_size=1,
-                     device=device, device_id=0 if device == "gpu" else None, num_threads=2, source="regions",
-                     turns=True, flips=True)
+    root = os.path.join(scratch, "placement")
+    table = write_set(root, years=YEARS, tiles=4)  # boxes of several sizes: the graph slices them
+    loader = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, batch_size=4,
+                                dim=(8, 8), augment=True)
     nodes: list = []
-    pipe = build_pipeline(spec, nodes=nodes)  # kept alive while its graph is walked
+    pipe = build_pipeline(loader.feed.spec, nodes=nodes)  # kept alive while its graph is walked
     ops = placement(nodes)
     del pipe
-    return {"ok": all(d == device for _, d in ops), "operators": [f"{name}: {d}" for name, d in ops]}
+    return {"ok": bool(ops) and all(d == device for _, d in ops), "operators": [f"{name}: {d}" for name, d in ops]}
 
 
 VARIANTS = {
@@ -248,73 +268,47 @@ def gpu_decoder_agrees(path: str, dtype: str) -> str:
     return "same pixels" if pixels.shape == expected.shape and np.array_equal(pixels, expected) else "other pixels"
 
 
-def speed_loader(device: str, scratch: str):
-    """The speed check's loader: T=7 regions, 40x45 boxes resized to 64x64x3 (regions of 1024x1024
-    and batch 256 on the GPU; smaller on the CPU self-test), its tiles table and images folder."""
-    from dalidw import SequenceDataLoader
+def device_memory_gib(device: str) -> float | None:
+    """GiB of the GPU's memory in use by every allocator (DALI's, CuPy's, JAX's...), None on the CPU."""
+    if device != "gpu":
+        return None
+    import cupy as cp
 
-    root = os.path.join(scratch, "speed")
-    years = list(range(2016, 2023))
-    size = (1024, 1024) if device == "gpu" else (256, 256)
-    table = write_set(root, years=years, regions=4, size=size, box=(40, 45), tiles=512 if device == "gpu" else 96)
-    batch = 256 if device == "gpu" else 32
-
-    def make(on: str, **options):
-        return SequenceDataLoader(years, table, os.path.join(root, "Images"), dim=(64, 64), batch_size=batch,
-                                  device=on, random_seed=1, **options)
-
-    return make
+    free, total = cp.cuda.runtime.memGetInfo()
+    return (total - free) / 2**30
 
 
-def after_warm_up(feed, step: int) -> tuple[int, int]:
-    """(epoch, batch index) of the ``step``-th batch after ``feed``'s warm-up epoch."""
-    return 1 + step // len(feed), step % len(feed)
+def resident_gib(feed) -> float:
+    """GiB of the region tiles a feed holds resident (on the GPU; the host cache on the CPU)."""
+    store = feed.device_store if feed.device_store is not None else feed.store
+    return store.cache.nbytes / 2**30
 
 
-def run_ahead(pipe, give, *, batches: int, depth: int, sync=None):
-    """Run ``pipe`` as a loader does: ``give(step)`` feeds the step-th batch, DALI holds ``depth``
-    fed batches ahead, and ``batches`` runs are timed after an untimed first one (which allocates
-    the graph's buffers). Returns (the first run's x, samples, wall seconds, process CPU seconds of
-    every thread); ``sync`` waits for the device's last kernels before the clock stops."""
-    for step in range(depth):
-        give(step)
-    first, _ = pipe.run()
-    give(depth)
-    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
-    for step in range(1, batches + 1):
-        x, _ = pipe.run()  # batch `step`; the graph already works on the next ones
-        samples += len(x)
-        give(step + depth)
-    if sync:
-        sync()
-    return first, samples, time.perf_counter() - start, time.process_time() - cpu0
-
-
-def time_feed(feed, *, batches: int, sync=None) -> dict:
-    """Samples/s through ``feed``'s graph alone, run as a loader would (:func:`run_ahead`). Also
-    the host's share of each batch (the feed's inputs; with DALI's ``feed_input`` of them), and the
-    host CPU cores busy meanwhile (process CPU time, every thread, over wall time)."""
-    from dalidw.pipeline import build_pipeline, feed_batch
+def time_runahead(feed, *, batches: int, depth: int = 2, outputs_stream=None, device: str = "cpu") -> dict:
+    """Samples/s of ``feed``'s graph run ahead as training reads it (``RunAhead``), every region
+    resident first: ``batches`` steps timed after an untimed first one (which allocates the graph's
+    buffers). Also host cores busy meanwhile (process CPU time of every thread over wall time) and
+    the device memory in use at the end."""
+    from dalidw.runahead import RunAhead
 
     for index in range(len(feed)):  # every region decoded (and resident on the device)
-        feed.inputs(0, index)
-    pipe = build_pipeline(feed.spec, prefetch_queue_depth=PREFETCH)
-    pipe.build()
-    host, handed = [], []
+        feed.frames(feed.positions(0, index))
+    run = RunAhead(feed, start_epoch=1, depth=depth, outputs_stream=outputs_stream)
+    run(0)
+    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
+    for step in range(1, batches + 1):
+        x, _ = run(step)
+        samples += len(x)
+    if device == "gpu":
+        import cupy as cp
 
-    def hand(step: int) -> None:
-        """Feed the inputs of the step-th batch after the warm-up epoch, timing the host's part."""
-        t0 = time.perf_counter()
-        inputs = feed.inputs(*after_warm_up(feed, step))
-        t1 = time.perf_counter()
-        feed_batch(pipe, inputs)
-        host.append(t1 - t0)
-        handed.append(time.perf_counter() - t0)
-
-    _, samples, wall, cpu = run_ahead(pipe, hand, batches=batches, depth=PREFETCH, sync=sync)
-    return {"samples_per_s": samples / wall, "host_ms_per_batch": 1000 * float(np.median(host)),
-            "host_ms_per_batch_with_feed_input": 1000 * float(np.median(handed)),
-            "host_cores_busy": cpu / wall, "cpu_s_per_1000_samples": 1000 * cpu / samples, "batches": batches}
+        cp.cuda.runtime.deviceSynchronize()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    row = {"samples_per_s": samples / wall, "host_cores_busy": cpu / wall,
+           "cpu_s_per_1000_samples": 1000 * cpu / samples, "batches": batches, "batch": feed.spec.batch_size,
+           "depth": depth, "device_memory_gib": device_memory_gib(device), "resident_gib": resident_gib(feed)}
+    del run
+    return row
 
 
 def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float):
@@ -344,31 +338,35 @@ def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float)
     return ((top * (1 - wy) + bottom * wy) * gain).astype(xp.float32)
 
 
-def resident(feed) -> tuple[np.ndarray, np.ndarray]:
-    """The peers' data: every region stack of ``feed`` in one uint8 array (R, T, H, W, C), and the
-    slot in it of each tile's region."""
-    regions = np.unique(feed.regions)
-    host = feed.store.stacks(regions)
-    return np.stack([host[r] for r in regions]), np.searchsorted(regions, feed.regions)
+def peer_data(feed, images_root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The peers' data: every region's stack in one uint8 array (R, T, H, W, C), decoded with
+    tifffile; the slot in it of each tile's region; and each tile's box as (y, x, h, w)."""
+    import tifffile
+
+    regions = sorted(feed.store.images.region_index, key=feed.store.images.region_index.get)
+    stacks = np.stack([np.stack([tifffile.imread(os.path.join(images_root, str(year), f"{region}.tif"))
+                                 for year in SPEED_YEARS]) for region in regions])
+    boxes = feed.table.boxes
+    yxhw = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
+    return stacks, feed.store.layout.regions, yxhw.astype(np.int32)
 
 
 def time_peer(feed, cut, to_numpy, *, batches: int, sync=None) -> dict:
-    """Samples/s of a peer: ``cut(positions, box)`` gives the batch x of the tiles at ``positions``
-    with their boxes (y, x, h, w), for the same batches as ``feed``'s; ``to_numpy`` brings one to
-    the host. Also its largest difference from ``feed``'s own first batch, and host cores busy."""
+    """Samples/s of a peer: ``cut(positions)`` gives the batch x of the tiles at ``positions``, the
+    same batches as ``feed``'s; ``to_numpy`` brings one to the host. Also its largest difference from
+    ``feed``'s own first batch, and host cores busy."""
 
-    def batch(step: int):
-        epoch, index = after_warm_up(feed, step)
-        return cut(feed.order.positions(epoch, index), feed.inputs(epoch, index, names=("box",))["box"])
+    def positions(step: int) -> np.ndarray:
+        return feed.positions(1 + step // len(feed), step % len(feed))
 
-    expected, _ = feed.run(feed.inputs(*after_warm_up(feed, 0)))
-    diff = float(np.max(np.abs(to_numpy(batch(0)) - expected)))
-    batch(1)
+    expected, _ = feed.run(feed.inputs(1, 0))
+    diff = float(np.max(np.abs(to_numpy(cut(positions(0))) - expected)))
+    cut(positions(1))
     if sync:
         sync()
     cpu0, start, samples = time.process_time(), time.perf_counter(), 0
     for step in range(batches):
-        samples += len(batch(step))
+        samples += len(cut(positions(step)))
     if sync:
         sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
@@ -376,34 +374,34 @@ def time_peer(feed, cut, to_numpy, *, batches: int, sync=None) -> dict:
             "batches": batches}
 
 
-def time_gather(feed, xp, *, batches: int, sync=None) -> dict:
+def time_gather(feed, data, xp, *, batches: int, sync=None) -> dict:
     """:func:`time_peer` of :func:`gather_resize` with every region resident in one array (on the
     GPU: CuPy)."""
-    stacks, slot = resident(feed)
+    stacks, slot, boxes = data
     stacks, gain = xp.asarray(stacks), float(feed.spec.gain[0])
 
-    def cut(positions, box):
-        return gather_resize(xp, stacks, slot[positions], box, feed.spec.dim, gain)
+    def cut(positions):
+        return gather_resize(xp, stacks, slot[positions], boxes[positions], feed.spec.dim, gain)
 
     return time_peer(feed, cut, lambda x: x.get() if hasattr(x, "get") else x, batches=batches, sync=sync)
 
 
-def time_roi_align(feed, *, batches: int) -> dict:
+def time_roi_align(feed, data, *, batches: int) -> dict:
     """:func:`time_peer` of torchvision's ``roi_align`` (aligned, one sample per bin: bilinear with
     pixel centres at +0.5, but reading past a box's edge into its region) on every region resident
     on the GPU as float32 planes, output laid out as dalidw's (B, T, H, W, C)."""
     import torch
     from torchvision.ops import roi_align
 
-    stacks, slot = resident(feed)
+    stacks, slot, boxes = data
     stacks = torch.from_numpy(stacks).cuda()
     count, frames, height, width, channels = stacks.shape
     planes = stacks.permute(0, 1, 4, 2, 3).reshape(count * frames, channels, height, width).float()
     gain, (oh, ow) = float(feed.spec.gain[0]), feed.spec.dim
     steps = torch.arange(frames, device="cuda")
 
-    def cut(positions, box):
-        box = torch.from_numpy(box).cuda().float()
+    def cut(positions):
+        box = torch.from_numpy(boxes[positions]).cuda().float()
         r = torch.from_numpy(slot[positions]).cuda()
         index_of = (r[:, None] * frames + steps[None]).reshape(-1).float()
         y, x, h, w = (box[:, k].repeat_interleave(frames) for k in range(4))
@@ -414,38 +412,82 @@ def time_roi_align(feed, *, batches: int) -> dict:
     return time_peer(feed, cut, lambda x: x.cpu().numpy(), batches=batches, sync=torch.cuda.synchronize)
 
 
+def speed_data(device: str, scratch: str) -> tuple[str, pd.DataFrame]:
+    """The speed rows' data: 4 regions (1024x1024 on a GPU, 256x256 on the CPU) of T=7 years and
+    512 (96) boxes of 40x45 each at random places. Returns (images folder, tiles table)."""
+    root = os.path.join(scratch, "speed")
+    gpu = device == "gpu"
+    table = write_set(root, years=SPEED_YEARS, regions=4, size=(1024, 1024) if gpu else (256, 256), box=(40, 45),
+                      tiles=500 if gpu else 96)
+    return os.path.join(root, "Images"), table
+
+
 def time_graph(device: str, scratch: str, *, batches: int) -> dict:
-    """The speed check, all rows on this machine in this run: dalidw's "regions" graph (regions
-    resident on ``device``, DALI cuts the crops), its "crops" graph (crops cut on the host, as
-    ``dataset()`` feeds it), on a GPU also the CPU loader's graph and two peers written without
-    DALI on regions resident on the GPU (CuPy array ops; torchvision's roi_align where installed).
-    Without a GPU the peer is the same array ops in NumPy."""
-    make = speed_loader(device, scratch)
-    loader = make(device)
-    feed, sync, xp = device_feed(loader, loader, device), None, np
-    if device == "gpu":
+    """The speed check, all rows on this machine in this run (see the module docstring)."""
+    from dalidw import SequenceDataLoader
+
+    images, table = speed_data(device, scratch)
+    gpu = device == "gpu"
+
+    def loader(on: str = device, batch: int = 256 if gpu else 32):
+        return SequenceDataLoader(SPEED_YEARS, table, images, dim=(64, 64), batch_size=batch, device=on,
+                                  random_seed=1)
+
+    feed = loader().feed
+    xp, sync, stream = np, None, None
+    if gpu:
         import cupy as cp
 
-        sync, xp = cp.cuda.runtime.deviceSynchronize, cp
-    h, w = feed.box()
-    out: dict = {"setup": {"batch": feed.spec.batch_size, "frames": feed.spec.frames, "box": [h, w],
-                           "output": [*feed.spec.dim, feed.spec.channels], "prefetch_queue_depth": PREFETCH,
-                           "host_cores": os.cpu_count(), "regions": int(len(np.unique(feed.regions)))}}
-    rows = {"dalidw regions graph": lambda: time_feed(feed, batches=batches, sync=sync),
-            "dalidw crops graph": lambda: time_feed(loader.feed.replace(source="crops", device_store=None),
-                                                    batches=max(3, batches // 4), sync=sync)}
-    if device == "gpu":
-        rows["dalidw crops graph, device cpu"] = lambda: time_feed(make("cpu").feed, batches=max(3, batches // 10))
-    rows["peer: array ops, regions resident"] = lambda: time_gather(feed, xp, batches=batches, sync=sync)
-    if device == "gpu":
-        rows["peer: torchvision roi_align, regions resident"] = lambda: time_roi_align(feed, batches=batches)
+        xp, sync, stream = cp, cp.cuda.runtime.deviceSynchronize, cp.cuda.Stream(non_blocking=True)
+    out: dict = {"setup": {"batch": feed.spec.batch_size, "frames": feed.spec.frames, "box": list(feed.box()),
+                           "output": [*feed.spec.dim, feed.spec.channels], "host_cores": os.cpu_count(),
+                           "regions": 4, "tiles": len(feed.table)}}
+    few = max(3, batches // 4)
+    rows = {
+        "dalidw graph": lambda: time_runahead(feed, batches=batches, device=device),
+        "dalidw graph, outputs on a CUDA stream": (lambda: time_runahead(feed, batches=batches, device=device,
+                                                                         outputs_stream=stream)) if gpu else None,
+        "dalidw graph, 3 batches ahead": lambda: time_runahead(feed, batches=batches, depth=3, device=device),
+        "dalidw graph, resize minibatch 256": (lambda: time_runahead(feed.with_graph(resize_minibatch=256),
+                                                                     batches=batches, device=device)) if gpu else None,
+        "dalidw graph, batch 1024": lambda: time_runahead(loader(batch=1024 if gpu else 64).feed, batches=few,
+                                                          device=device),
+        "dalidw graph fed host crops": lambda: time_runahead(feed.moved(host_frames=True), batches=few,
+                                                             device=device),
+        "dalidw graph, device cpu": (lambda: time_runahead(loader("cpu").feed, batches=max(3, batches // 10)))
+        if gpu else None,
+    }
     for name, row in rows.items():
-        out[name] = guarded(row)
-        if name == "dalidw regions graph" and device == "gpu":
-            free, total = xp.cuda.runtime.memGetInfo()
-            out["device_memory_used_mib"] = (total - free) / 2**20
-            out["device_regions_resident"] = len(loader.feed.device_store.cache)
+        if row is not None:
+            out[name] = guarded(row)
+            gc.collect()
+    data = peer_data(feed, images)
+    out["peer: array ops, regions resident"] = guarded(lambda: time_gather(feed, data, xp, batches=batches, sync=sync))
+    if gpu:
+        out["peer: torchvision roi_align, regions resident"] = guarded(lambda: time_roi_align(feed, data,
+                                                                                            batches=batches))
     return out
+
+
+def time_large_regions(device: str, scratch: str, *, batches: int) -> dict:
+    """Regions of 4096x4096 pixels and 7 years (512x512 on the CPU), 2 of them, tiled by a grid of 40x45
+    boxes, through the loader's graph: samples/s, the bytes resident, the device memory in use."""
+    from dalidw import SequenceDataLoader
+
+    gpu = device == "gpu"
+    side = 4096 if gpu else 512
+    root = os.path.join(scratch, "large")
+    start = time.perf_counter()
+    table = write_set(root, years=SPEED_YEARS, regions=2, size=(side, side), box=(40, 45), grid=True)
+    written = time.perf_counter() - start
+    loader = SequenceDataLoader(SPEED_YEARS, table, os.path.join(root, "Images"), dim=(64, 64),
+                                batch_size=256 if gpu else 32, device=device, random_seed=1)
+    start = time.perf_counter()
+    row = time_runahead(loader.feed, batches=batches, device=device)
+    row.update({"region_pixels": [side, side], "regions": 2, "tiles": len(loader.table),
+                "seconds_to_write": written, "seconds_to_decode_and_time": time.perf_counter() - start,
+                "stack_gib_each": len(SPEED_YEARS) * side * side * 3 / 2**30})
+    return row
 
 
 def guarded(work) -> dict:
@@ -496,12 +538,158 @@ def check_tensorflow(scratch: str) -> dict:
     return out
 
 
+# -- part (c) --------------------------------------------------------------------------------------
+
+def check_training(device: str, scratch: str) -> dict:
+    """Part (c) in a process of its own, Keras on JAX (``--part-c``), where Keras and JAX are installed."""
+    import importlib.util
+
+    missing = [name for name in ("keras", "jax") if importlib.util.find_spec(name) is None]
+    if missing:
+        return {"skipped": f"not installed: {', '.join(missing)}"}
+    if device == "gpu":  # the memory of this process's pools goes back before JAX takes its share
+        import cupy as cp
+
+        gc.collect()
+        cp.get_default_memory_pool().free_all_blocks()
+    path = os.path.join(scratch, "training.json")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, os.path.abspath(__file__), "--part-c", path, "--device", device, "--scratch", scratch]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0 or not os.path.isfile(path):
+        return {"ok": False, "error": (run.stderr or run.stdout).strip().splitlines()[-3:]}
+    with open(path) as f:
+        return json.load(f)
+
+
+def resident_dataset(batches: list):
+    """A Keras ``PyDataset`` of ``batches``, ready (already on the device): the loader absent."""
+    import keras
+
+    class Resident(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, index):
+            return batches[index]
+
+    return Resident()
+
+
+def fit_timing(model_of, data, *, epochs: int) -> dict:
+    """``model.fit`` of a fresh model on ``data`` (a PyDataset) for one warm-up epoch and ``epochs``
+    timed ones: steps/s of the timed epochs, host cores busy meanwhile, the warm-up epoch's seconds,
+    and the first step of the partial last batch's shape (its compilation) against a steady step."""
+    import keras
+
+    times: list[float] = []
+    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: times.append(time.perf_counter()),
+                                           on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()))
+    model = model_of()
+    start = time.perf_counter()
+    model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+    warm = time.perf_counter() - start
+    steps_per_epoch = len(data)
+    first_epoch = np.diff(times)  # step durations of the warm-up epoch, compilations included
+    times.clear()
+    cpu0, start = time.process_time(), time.perf_counter()
+    model.fit(data, epochs=epochs, shuffle=False, verbose=0, callbacks=[clock])
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    steps = np.diff(times)
+    steady = float(np.median(steps[steps > 0])) if len(steps) else float("nan")
+    return {"steps_per_s": epochs * steps_per_epoch / wall, "step_s": wall / (epochs * steps_per_epoch),
+            "host_cores_busy": cpu / wall, "warm_up_epoch_s": warm, "steps_per_epoch": steps_per_epoch,
+            "partial_batch_first_step_s": float(first_epoch[-1]) if len(first_epoch) else None,
+            "steady_step_s": steady}
+
+
+def part_c(device: str, scratch: str) -> dict:
+    """(Keras on JAX.) The loader's share of a training step (see the module docstring)."""
+    import jax
+    import keras
+
+    from dalidw import SequenceDataLoader
+    from dalidw.train import build_model
+
+    gpu = device == "gpu"
+    years = SPEED_YEARS if gpu else YEARS
+    root = os.path.join(scratch, "fit")
+    table = write_set(root, years=years, regions=4, size=(1024, 1024) if gpu else (128, 128), box=(40, 45),
+                      tiles=500 if gpu else 10)
+    batch, dim = (256, (64, 64)) if gpu else (16, (16, 16))
+    loader = SequenceDataLoader(years, table, os.path.join(root, "Images"), dim=dim, batch_size=batch,
+                                device=device, random_seed=1)
+    out = {"backend": keras.backend.backend(), "jax_devices": [str(d) for d in jax.devices()], "batch": batch,
+           "frames": len(years), "dim": list(dim), "tiles": loader.n_tiles, "batch_sizes": loader.batch_sizes.tolist()}
+    epochs = 3 if gpu else 1
+    resident = [tuple(jax.device_put(np.asarray(a)) for a in loader[i]) for i in range(len(loader))]
+    models = {"default": 16, "large": 64} if gpu else {"default": 4, "large": 8}  # JAX on the CPU is slow
+    for model, filters in models.items():
+        def model_of(filters=filters):
+            keras.utils.set_random_seed(0)
+            net = build_model(len(years), dim, loader.n_channels, filters=filters)
+            net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+            return net
+
+        loader.epoch = 0
+        fed = fit_timing(model_of, loader.as_pydataset(backend="jax"), epochs=epochs)
+        ready = fit_timing(model_of, resident_dataset(resident), epochs=epochs)
+        out[model] = {"filters": filters, "fed_by_dalidw": fed, "resident_batches": ready,
+                      "input_overhead": fed["step_s"] / ready["step_s"] - 1}
+    x, _ = loader.as_pydataset(backend="jax")[0]
+    out["batch_type"] = f"{type(x).__module__}.{type(x).__name__}"
+    out["batch_device"] = str(next(iter(x.devices()))) if hasattr(x, "devices") else "host (NumPy)"
+    out["ok"] = all(np.isfinite(out[model]["input_overhead"]) for model in models)
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def summarize(summary: dict) -> dict:
+    """The headline figures of a run (None where a section did not give them)."""
+    speed, large, fit = summary.get("graph_speed", {}), summary.get("large_regions", {}), summary.get("training", {})
+
+    def figure(row: dict | None, key: str):
+        return row.get(key) if isinstance(row, dict) else None
+
+    peers = [figure(speed.get(name), "samples_per_s") for name in speed if name.startswith("peer")]
+    graph = speed.get("dalidw graph")
+    parity = summary.get("parity", {})
+    default = fit.get("default", {}) if isinstance(fit, dict) else {}
+    return {
+        "card": summary.get("card"),
+        "graph_samples_per_s": figure(graph, "samples_per_s"),
+        "graph_host_cores_busy": figure(graph, "host_cores_busy"),
+        "best_peer_samples_per_s": max((p for p in peers if p is not None), default=None),
+        "device_memory_gib": figure(graph, "device_memory_gib"),
+        "stacks_gib": figure(graph, "resident_gib"),
+        "crops_fed_samples_per_s": figure(speed.get("dalidw graph fed host crops"), "samples_per_s"),
+        "large_regions_samples_per_s": figure(large, "samples_per_s"),
+        "large_regions_device_memory_gib": figure(large, "device_memory_gib"),
+        "large_regions_stacks_gib": figure(large, "resident_gib"),
+        "parity_ok": bool(parity) and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict)),
+        "fit_input_overhead": default.get("input_overhead") if isinstance(default, dict) else None,
+        "fit_backend": fit.get("backend") if isinstance(fit, dict) else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--self-test", action="store_true", help="run the checks on the CPU (no GPU needed)")
     parser.add_argument("--out", default=None, help="also write the JSON summary here")
     parser.add_argument("--batches", type=int, default=None, help="batches timed (default: 200 GPU, 10 CPU)")
+    parser.add_argument("--part-c", default=None, help=argparse.SUPPRESS)  # the training part's own process
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.part_c:
+        result = guarded(lambda: part_c(args.device, args.scratch))
+        write(result, args.part_c)
+        return 0
 
     from dalidw.devices import gpu_count
 
@@ -514,18 +702,21 @@ def main() -> int:
         import cupy as cp
 
         summary["card"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-        summary["versions"] = versions()
     else:
         summary["skipped"] = "no GPU that DALI sees: nothing measured (run with --self-test to check on the CPU)"
         return report(summary, args.out, ok=True)
     summary["device"] = device
+    summary["versions"] = versions()
+    batches = args.batches or (200 if device == "gpu" else 10)
     sections = {
-        "placement": lambda: check_placement(device),
+        "placement": lambda: check_placement(device, scratch),
         "parity": lambda: check_parity(device, scratch),
         "tiff_variants": lambda: check_variants(device, scratch),
-        "graph_speed": lambda: time_graph(device, scratch, batches=args.batches or (200 if device == "gpu" else 10)),
+        "graph_speed": lambda: time_graph(device, scratch, batches=batches),
+        "large_regions": lambda: time_large_regions(device, scratch, batches=max(3, batches // 4)),
         "tensorflow": (lambda: check_tensorflow(scratch)) if device == "gpu"
         else (lambda: {"skipped": "self-test on the CPU"}),
+        "training": lambda: check_training(device, scratch),
     }
     summary["seconds"] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -533,6 +724,7 @@ def main() -> int:
             start = time.perf_counter()
             summary[name] = guarded(section)
             summary["seconds"][name] = round(time.perf_counter() - start, 1)
+            summary["summary"] = summarize(summary)
             print(f"gpu_check: {name} done in {summary['seconds'][name]} s", file=sys.stderr, flush=True)
             if args.out:  # what has been measured so far survives a later crash or time-out
                 write(summary, args.out)
@@ -541,11 +733,12 @@ def main() -> int:
 
 def passed(summary: dict) -> bool:
     """Whether every check of ``summary`` passed: placement, every parity setup, every TIFF variant
-    written, the TensorFlow part where it ran, and every speed row (a section that raised has
-    {"ok": False} at its top)."""
+    written, the TensorFlow and training parts where they ran, and every speed row (a section that
+    raised has {"ok": False} at its top)."""
     parity, variants, speed = summary["parity"], summary["tiff_variants"], summary["graph_speed"]
-    sections_ran = all(summary[name].get("ok", True) for name in ("parity", "tiff_variants", "graph_speed"))
-    return bool(sections_ran and summary["placement"].get("ok", False) and summary["tensorflow"].get("ok", True)
+    ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "tensorflow", "training")
+    sections_ran = all(summary.get(name, {}).get("ok", True) for name in ran)
+    return bool(sections_ran and summary["placement"].get("ok", False)
                 and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict))
                 and all(r.get("ok", False) for r in variants.values() if isinstance(r, dict) and "skipped" not in r)
                 and all(r.get("ok", True) for r in speed.values() if isinstance(r, dict)))
@@ -557,7 +750,7 @@ def versions() -> dict:
 
     out = {}
     for name in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "cupy-cuda13x", "cupy-cuda12x", "numpy", "pandas",
-                 "tifffile", "torch", "torchvision", "tensorflow"):
+                 "tifffile", "torch", "torchvision", "tensorflow", "keras", "jax", "jaxlib"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

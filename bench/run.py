@@ -86,30 +86,36 @@ def dalidw_loader(root: str, mode: dict, device: str, **options):
     rows = np.array([row_of[t] for t in loader.table.tile_ids])
     batches = len(loader)
     for step, (x, y) in enumerate(loader.dataset()):
-        yield x, y, rows[loader.feed.order.positions(step // batches, step % batches)]
+        yield x, y, rows[loader.feed.positions(step // batches, step % batches)]
 
 
 def host_ms_per_batch(loader) -> dict:
-    """Median host milliseconds to hand one batch to DALI, cache warm: the feed's inputs plus DALI's
-    ``feed_input`` of them, for the graph that dataset() runs ("crops": cut on the host) and for the
-    GPU graph's feed ("regions": references to region stacks and boxes; measured here on the CPU)."""
+    """Median host milliseconds per batch of what ``dataset()`` does on the host, cache warm, timed
+    alone (DALI idle): "inputs", the feed's inputs (on the CPU each tile's frames handed over as
+    its own array, no pixel copied; flags and targets); "inputs_and_feed", that plus DALI's
+    ``feed_input`` of them; "dense_cut", the inputs with the frames cut into one contiguous host
+    buffer instead (what a GPU loader's ``dataset()`` hands DALI's TensorFlow plugin)."""
     from dalidw.pipeline import build_pipeline, feed_batch
 
-    out = {}
-    for source in ("crops", "regions"):
-        feed = loader.feed.replace(source=source, device_store=None)
-        pipe = build_pipeline(feed.spec, prefetch_queue_depth=1)
-        pipe.build()
-        for index in range(min(len(feed), 12)):  # warm the region cache (a shuffled batch meets every region)
-            feed.inputs(0, index)
-        times = []
-        for index in range(min(len(feed), 12)):
-            start = time.perf_counter()
-            feed_batch(pipe, feed.inputs(1, index))
-            times.append(time.perf_counter() - start)
-            pipe.run()
-        out[source] = 1000 * float(np.median(times))
-    return out
+    feed = loader.feed
+    count = min(len(feed), 12)
+    pipe = build_pipeline(feed.spec, prefetch_queue_depth=count)  # room for every batch fed below
+    pipe.build()
+    buffer = feed.new_frames(feed.spec.batch_size, host=True)
+    for index in range(count):  # warm the region cache (a shuffled batch meets every region)
+        feed.inputs(0, index)
+    times: dict[str, list[float]] = {"inputs": [], "inputs_and_feed": [], "dense_cut": []}
+    for index in range(count):
+        start = time.perf_counter()
+        inputs = feed.inputs(1, index)
+        times["inputs"].append(time.perf_counter() - start)
+        feed_batch(pipe, inputs)
+        times["inputs_and_feed"].append(time.perf_counter() - start)
+    for index in range(count):
+        start = time.perf_counter()
+        feed.inputs(1, index, frames=buffer[: feed.batch_sizes[index]])
+        times["dense_cut"].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(values)) for name, values in times.items()}
 
 
 def floor_write(root: str, mode: dict):
@@ -127,8 +133,8 @@ def floor_write(root: str, mode: dict):
 def floor_dali(root: str, mode: dict):
     """DALI's resize and normalization alone: every tile's crops cut once, before the timing, in
     the order of a shuffled epoch; each batch then feeds a ready (B, T, h, w, C) slice of them to
-    the graph dalidw runs."""
-    from dalidw.pipeline import FRAMES, TARGET, GraphSpec, build_pipeline
+    the graph dalidw runs (its spec taken from a loader on the same data)."""
+    from dalidw.pipeline import FRAMES, TARGET, build_pipeline
 
     years = years_of(mode)
     tiles = baselines.last_rows(root, years)
@@ -138,9 +144,8 @@ def floor_dali(root: str, mode: dict):
                       for i, b in zip(order, tiles.box[order])])
     targets = tiles.target.to_numpy(np.float32)[order]
     batch = mode["batch"]
-    spec = GraphSpec(batch_size=batch, dim=(mode["dim"],) * 2, channels=3, frames=len(years), input_dtype=np.uint8,
-                     gain=(1 / 255,) * 3, offset=(0.0,) * 3, interpolation="linear", num_classes=0, split_last=False,
-                     target_size=1, device="cpu", device_id=None, num_threads=os.cpu_count() or 1)
+    table = pd.read_csv(os.path.join(root, "tiles.csv"))
+    spec = dalidw_spec(root, mode, table)
     pipe = build_pipeline(spec, prefetch_queue_depth=1)
     pipe.build()
     while True:
@@ -149,6 +154,16 @@ def floor_dali(root: str, mode: dict):
             pipe.feed_input(TARGET, targets[start : start + batch])
             x, y = pipe.run()
             yield x, y, order[start : start + batch]
+
+
+def dalidw_spec(root: str, mode: dict, table: pd.DataFrame):
+    """The graph spec of a dalidw CPU loader over the benchmark's data (its options as the rows')."""
+    from dalidw import SequenceDataLoader
+
+    loader = SequenceDataLoader(years_of(mode), table[table.label_id.isin(years_of(mode))],
+                                os.path.join(root, "Images"), dim=(mode["dim"], mode["dim"]),
+                                batch_size=mode["batch"], device="cpu")
+    return loader.feed.spec
 
 
 def make_loader(name: str, root: str, mode: dict, seed_code: str | None):
@@ -222,6 +237,7 @@ def measure(name: str, root: str, mode: dict, seed_code: str | None) -> dict:
         tiles.append(None if index is None else np.asarray(index))
         done += 1
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    batches.close()  # the loader's graph stops working ahead before the host's share is timed alone
     result = {"loader": name, "samples": samples, "batches": done, "of_batches": wanted,
               "samples_per_s": samples / wall, "cpu_s_per_1000": 1000 * cpu / samples,
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -297,7 +313,7 @@ def print_table(results: list[dict], mode_name: str, mode: dict, layout: str) ->
         ratios = [f"{r['samples_per_s'] / by_name[base]['samples_per_s']:.2f}" if base in by_name else "-"
                   for base in ("tf.data", "seed")]
         mix = f"{r['regions_per_batch']:.1f}" if "regions_per_batch" in r else "-"
-        host = f"{r['host_ms_per_batch']['crops']:.2f}" if "host_ms_per_batch" in r else "-"
+        host = f"{r['host_ms_per_batch']['inputs_and_feed']:.2f}" if "host_ms_per_batch" in r else "-"
         print(f"{r['loader']:<24} {r['samples_per_s']:>10.0f} {r['cpu_s_per_1000']:>11.2f} {r['peak_rss_mib']:>9.0f} "
               f"{ratios[0]:>9} {ratios[1]:>7} {mix:>13} {host:>13}")
 

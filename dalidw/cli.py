@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -175,10 +174,7 @@ def cmd_check(args) -> int:
     if args.decode:
         from tqdm.auto import tqdm
 
-        decoder = loader.feed.store.decoder  # remembers the sound files: decoding them below does not check them again
-        problems = [line for path in tqdm(loader.images.paths.ravel().tolist(), leave=False, unit="file",
-                                          desc="dalidw: checking strips and tiles")
-                    for line in decoder.check(str(path))]
+        problems = loader.check_strips(progress=True)  # sound files are not checked again when decoded below
         if problems:
             raise DataError(problems, context="images with damaged strips or tiles")
         for index in tqdm(range(len(loader)), desc="dalidw: decoding", unit="batch", leave=False):
@@ -270,7 +266,7 @@ def cmd_train(args) -> int:
         print("using the table's split column: training on its 'train' rows, validating on its 'val' rows")
     result = train(data, args.image_dir, args.labels, args.out, epochs=args.epochs, batch_size=args.batch_size,
                    dim=args.dim, device=args.device, seed=args.seed, strategy=args.strategy, resume=args.resume,
-                   **channel_options(args))
+                   backend=args.backend, **channel_options(args))
     if result.initial_epoch:
         print(f"\nresumed after epoch {result.initial_epoch} of {args.epochs}")
     _report_training(result, args.out)
@@ -299,7 +295,7 @@ def cmd_demo(args) -> int:
     print(f"    {checked.n_tiles} tiles, {len(checked.images.region_index)} regions, {len(labels)} years: no problems")
     print(f"3/4 training a ConvLSTM for {args.epochs} epochs (device={args.device})")
     result = train(data, image_dir, labels, out, epochs=args.epochs, batch_size=32, dim=(32, 32),
-                   device=args.device, seed=args.seed, verbose=2)
+                   device=args.device, seed=args.seed, verbose=2, backend=args.backend)
     print("4/4 drawing one tile as the model sees it")
     sample_path = os.path.join(out, "sample.png")
     tile = data.loc[data.target.idxmax(), "tile_id"]
@@ -335,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-mixed-sizes", action="store_true",
                        help="read regions whose images differ in size across labels (frames resampled on "
                             "purpose): each box in each label's own pixels")
+
+    def backend_arg(p):
+        p.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                       help="the Keras backend to train with (default: $KERAS_BACKEND, else tensorflow); jax and "
+                            "torch read the loader's PyDataset, tensorflow its tf.data dataset")
 
     def labels_arg(p):
         p.add_argument("--labels", type=parse_labels, default=list(range(2016, 2023)),
@@ -415,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="sample.png", help="the PNG to write (default: %(default)s)")
     p.add_argument("--dim", type=parse_dim, default=(64, 64), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
                                                                    "(default: 64x64)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
-                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
+                                                    "(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="with --batch: tiles per batch "
                                                                        "(default: %(default)s)")
     p.add_argument("--rows", type=positive_int, default=8, help="with --batch: at most this many tiles drawn "
@@ -440,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "global batch (default: %(default)s)")
     p.add_argument("--dim", type=parse_dim, default=(32, 32), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
                                                                    "(default: 32x32)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
-                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
+                                                    "(default: %(default)s)")
     p.add_argument("--out", default="dalidw-train", help="folder for the model, log.csv, loss.png and the "
                                                          "checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the loader's random_seed, Keras's random seed and the "
@@ -452,18 +453,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, up to --epochs in all, with the "
                         "same options; the log is appended to")
+    backend_arg(p)
     channels_args(p)
     labels_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="synth, check, train a few epochs and show a sample")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs to train (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI and TensorFlow see one), cpu, gpu "
-                                                    "or gpu:N (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
+                                                    "(default: %(default)s)")
     p.add_argument("--out", default="demo-out", help="folder for the model, log.csv, loss.png, sample.png and "
                                                      "the checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the data and the training follow from it "
                                                        "(default: %(default)s)")
+    backend_arg(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="run the throughput benchmark of bench/ (from a source clone)")
     p.add_argument("--quick", action="store_true", help="small data: under a minute on 2 cores")
@@ -486,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     faulthandler.enable()  # a crash inside TensorFlow or DALI still says where Python was
     args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None):  # before anything imports keras (TensorFlow's import may)
+        os.environ["KERAS_BACKEND"] = args.backend
     if not args.verbose:
         quiet_startup(args)
     try:
@@ -499,24 +504,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as err:  # TensorFlow's error around one of dalidw's, raised inside the input pipeline
-        message = wrapped_data_error(err)
-        if message is None:
-            raise
-        print(f"dalidw {args.command}: error: {message}", file=sys.stderr)
-        return 2
-
-
-_WRAPPED = re.compile(r"(?:DecodeError|DataError): (dalidw .*?)(?:\nTraceback|\n\s*\[\[|\n\n|\Z)", re.DOTALL)
-
-
-def wrapped_data_error(err: BaseException) -> str | None:
-    """The text of a dalidw DataError or DecodeError that TensorFlow raised as one of its own errors
-    (the DALI dataset runs dalidw's feed inside TensorFlow's graph), or None for any other error."""
-    if not type(err).__module__.startswith("tensorflow"):
-        return None
-    match = _WRAPPED.search(str(err))
-    return match.group(1).rstrip() if match else None
 
 
 if __name__ == "__main__":

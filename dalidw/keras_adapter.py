@@ -1,8 +1,9 @@
-"""``model.fit(loader.as_pydataset())``: anything with ``__len__``, ``__getitem__`` and an ``epoch``
-as a Keras ``PyDataset``, like the old ``keras.utils.Sequence``.
+"""``model.fit(loader.as_pydataset())``: the loader as a Keras ``PyDataset`` on every Keras backend.
 
-This runs the numpy path batch by batch in Keras's own loop; ``loader.dataset()`` is the faster
-hand-off, with DALI prefetching through the TensorFlow plugin.
+Batch i of fit's k-th epoch is the loader's batch i of epoch ``start_epoch + k``, run by the DALI
+graph a few batches ahead (``runahead.RunAhead``) and handed over as arrays of the active backend
+on the graph's device without a copy (``arrays``): JAX and PyTorch get their arrays on the same
+GPU, every backend NumPy arrays from a graph on the CPU.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import keras
+
+from .arrays import check_backend, converter
+from .feed import BatchFeed
+from .runahead import RunAhead
 
 
 class BatchSource(Protocol):
@@ -22,32 +27,76 @@ class BatchSource(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
+class FeedBatches:
+    """Batch ``index`` of epoch ``epoch`` of a feed as arrays of a Keras ``backend``, the graph run
+    ahead over consecutive batches (and epochs). Asked in order (``fit(..., shuffle=False)``) no
+    batch waits on the host's share of the next.
+
+    Args:
+        feed: the batch feed.
+        backend: the Keras backend whose arrays to give ("jax", "torch", "tensorflow", "numpy").
+    """
+
+    def __init__(self, feed: BatchFeed, backend: str):
+        self.epoch = 0
+        self.feed = feed
+        self.convert = converter(check_backend(backend), feed.spec.device, feed.spec.device_id)
+        self._run: RunAhead | None = None
+
+    def __len__(self) -> int:
+        return len(self.feed)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        if self._run is None:
+            self._run = RunAhead(self.feed)
+        x, y = self._run(self.epoch * len(self.feed) + int(index))
+        return self.convert(x), self.convert(y)
+
+
 class SourceDataset(keras.utils.PyDataset):
     """A ``PyDataset`` over ``source`` whose k-th epoch in ``fit`` reads the source's epoch
     ``start_epoch + k``.
 
     Keras tells a ``PyDataset`` when an epoch begins and ends, but not which epoch of ``fit`` it
-    is (``initial_epoch`` never reaches it), and calls ``on_epoch_end`` once more before the first
-    epoch. So the adapter counts the epochs it has begun: ``on_epoch_begin`` sets
-    ``source.epoch = start_epoch + epochs begun before``, and ``on_epoch_end`` sets it to the next
-    one. To resume at fit's epoch k, build it with ``start_epoch=k`` and pass ``initial_epoch=k``.
+    is (``initial_epoch`` never reaches it). It also calls ``on_epoch_end`` once before the first
+    epoch (TensorFlow's trainer), and the JAX and PyTorch trainers begin an epoch to read one batch
+    for building the model, then end it. So the adapter counts the epochs that were read: an epoch
+    counts once it has read two batches (or every batch, of a one-batch dataset), and
+    ``on_epoch_begin`` sets ``source.epoch = start_epoch + epochs counted``; ``on_epoch_end`` sets
+    it to the next one after an epoch that counts. To resume at fit's epoch k, build it with
+    ``start_epoch=k`` and pass ``initial_epoch=k``. (With one batch per epoch, the build's read
+    cannot be told from an epoch: there the JAX and PyTorch trainers start one epoch later.)
+    ``loader``, where given (the loader the source reads), follows ``source.epoch``, so that after
+    fit it is at the next epoch.
     """
 
-    def __init__(self, source: BatchSource, start_epoch: int = 0):
+    def __init__(self, source: BatchSource, start_epoch: int = 0, loader: Any = None):
         super().__init__(workers=1, use_multiprocessing=False)
         self.source = source
+        self.loader = loader
         self.start_epoch = start_epoch
-        self.epochs_begun = 0
+        self.epochs_read = 0
+        self._reads: int | None = None  # batches read since on_epoch_begin; None outside an epoch
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> Any:
+        if self._reads is not None:  # TensorFlow's adapter also reads two batches up front, for their shapes
+            self._reads += 1
         return self.source[index]
 
     def on_epoch_begin(self) -> None:
-        self.source.epoch = self.start_epoch + self.epochs_begun
-        self.epochs_begun += 1
+        self._reads = 0
+        self._set_epoch(self.start_epoch + self.epochs_read)
 
     def on_epoch_end(self) -> None:
-        self.source.epoch = self.start_epoch + self.epochs_begun
+        if self._reads is not None and self._reads >= min(2, len(self)):
+            self.epochs_read += 1
+            self._set_epoch(self.start_epoch + self.epochs_read)
+        self._reads = None
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.source.epoch = epoch
+        if self.loader is not None:
+            self.loader.epoch = epoch

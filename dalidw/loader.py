@@ -5,9 +5,9 @@ validate), the region store (regions), the epoch order (order), the batch feed (
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,10 @@ import pandas as pd
 from .assemble import assemble_feed
 from .augment import parse_augment
 from .bands import ChannelSpec
-from .devices import resolve_device
-from .feed import per_replica_batch
-from .index import build_table, splits_last
+from .devices import resolve_device, share_gpu_if_tensorflow
+from .errors import DataError
+from .feed import BatchFeed, per_replica_batch
+from .index import TileTable, build_table, splits_last
 from .nodata import NodataRule
 from .normalize import check_normalization
 from .options import (
@@ -32,7 +33,28 @@ from .options import (
     check_shard,
 )
 from .order import check_epoch
-from .validate import MAX_IMAGE_PIXELS, check_images
+from .validate import MAX_IMAGE_PIXELS, ImageSet, check_images
+
+
+@dataclass(frozen=True)
+class LoaderSetup:
+    """What a loader and its shards share: the options as checked, the checked tiles table and
+    images. (The batch size, the device and the order are the feed's.)"""
+
+    labels: list[Any]
+    dim: tuple[int, int]
+    channels: ChannelSpec
+    interpolation: str
+    shuffle: bool
+    normalize: bool
+    target: str | Sequence[str]
+    split_last: bool
+    random_seed: int
+    num_threads: int
+    device_fixed: bool
+    table: TileTable
+    images: ImageSet
+
 
 #: Default bound of the decoded-region cache, in bytes (2 GiB).
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -64,36 +86,141 @@ class SequenceDataLoader:
                  device_cache_bytes: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
                  nodata: float | str | None = None, nodata_fill: float = 0.0, allow_outside_links: bool = False,
                  allow_mixed_sizes: bool = False, shard_id: int = 0, num_shards: int = 1):
-        self.labels = check_labels(labels)
-        self.dim, self.batch_size = check_dim(dim), check_batch_size(batch_size)
+        labels = check_labels(labels)
+        dim, batch_size = check_dim(dim), check_batch_size(batch_size)
         shard = check_shard(shard_id, num_shards)
-        self.channels = ChannelSpec.from_options(n_channels, bands, num_classes)
-        self.n_channels = self.channels.out_channels
-        self.interpolation = check_interpolation(interpolation, self.channels.num_classes)
-        norm = check_normalization(self.channels, normalize, scale, mean, std)
-        augment_codes = parse_augment(augment, self.dim)
+        channels = ChannelSpec.from_options(n_channels, bands, num_classes)
+        interpolation = check_interpolation(interpolation, channels.num_classes)
+        norm = check_normalization(channels, normalize, scale, mean, std)
+        augment_codes = parse_augment(augment, dim)
         check_locality(locality, bool(shuffle))
-        self.shuffle, self.normalize, self.target = bool(shuffle), bool(normalize), target
-        self.split_last = splits_last(target, self.labels)
-        self.random_seed = check_seed(random_seed)
+        split_last = splits_last(target, labels)
+        seed = check_seed(random_seed)
         nodata_rule = NodataRule.from_options(nodata, nodata_fill)
         check_limits(cache_bytes=cache_bytes, device_cache_bytes=device_cache_bytes, min_tile_size=min_tile_size,
                      max_image_pixels=max_image_pixels, num_threads=num_threads)
-        self._device_fixed = device != "auto"
-        self.device, self.device_id = resolve_device(device)
-        self.num_threads = int(num_threads or os.cpu_count() or 1)
-        self.table = build_table(data, self.labels, target, min_tile_size=min_tile_size)
-        self.images = check_images(self.table, self.labels, image_dir, extension, self.channels, progress=progress,
-                                   max_pixels=max_image_pixels, allow_outside_links=bool(allow_outside_links),
-                                   allow_mixed_sizes=bool(allow_mixed_sizes))
-        self.feed = assemble_feed(
-            self.table, self.images, self.channels, norm=norm, nodata=nodata_rule, cache_bytes=cache_bytes,
-            device_cache_bytes=device_cache_bytes, device=self.device, device_id=self.device_id,
-            num_threads=self.num_threads, graph_threads=num_threads,
-            verify_decode=verify_decode, batch_size=self.batch_size, seed=self.random_seed, shuffle=self.shuffle,
-            locality=locality, augment=augment_codes, shard=shard, dim=self.dim, interpolation=self.interpolation,
-            split_last=self.split_last)
-        self.locality, self.epoch = self.feed.order.locality, 0
+        kind, device_id = resolve_device(device)
+        if kind == "gpu":
+            share_gpu_if_tensorflow()
+        threads = int(num_threads or os.cpu_count() or 1)
+        table = build_table(data, labels, target, min_tile_size=min_tile_size)
+        images = check_images(table, labels, image_dir, extension, channels, progress=progress,
+                              max_pixels=max_image_pixels, allow_outside_links=bool(allow_outside_links),
+                              allow_mixed_sizes=bool(allow_mixed_sizes))
+        feed = assemble_feed(
+            table, images, channels, norm=norm, nodata=nodata_rule, cache_bytes=cache_bytes,
+            device_cache_bytes=device_cache_bytes, device=kind, device_id=device_id, num_threads=threads,
+            user_threads=num_threads, verify_decode=verify_decode, batch_size=batch_size, seed=seed,
+            shuffle=bool(shuffle), locality=locality, augment=augment_codes, shard=shard, dim=dim,
+            interpolation=interpolation, split_last=split_last)
+        self._attach(LoaderSetup(labels=labels, dim=dim, channels=channels, interpolation=interpolation,
+                                 shuffle=bool(shuffle), normalize=bool(normalize), target=target,
+                                 split_last=split_last, random_seed=seed, num_threads=threads,
+                                 device_fixed=device != "auto", table=table, images=images), feed)
+
+    def _attach(self, setup: LoaderSetup, feed: BatchFeed) -> None:
+        """Wire this loader to ``setup`` and ``feed``, at epoch 0 (the constructor, and :meth:`_of`)."""
+        self._setup = setup
+        self.feed = feed
+        self.epoch = 0
+
+    @classmethod
+    def _of(cls, setup: LoaderSetup, feed: BatchFeed) -> SequenceDataLoader:
+        """A loader of checked ``setup`` and a built ``feed``, nothing checked or read again (:meth:`shard`)."""
+        loader = cls.__new__(cls)
+        cls._attach(loader, setup, feed)
+        return loader
+
+    @property
+    def labels(self) -> list[Any]:
+        """The labels (e.g. years) in frame order."""
+        return list(self._setup.labels)
+
+    @property
+    def dim(self) -> tuple[int, int]:
+        """(height, width) of the output frames."""
+        return self._setup.dim
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles per batch (the last batch of an epoch may be smaller)."""
+        return self.feed.spec.batch_size
+
+    @property
+    def channels(self) -> ChannelSpec:
+        """The band selection: bands kept, one-hot classes."""
+        return self._setup.channels
+
+    @property
+    def n_channels(self) -> int:
+        """C of the output frames."""
+        return self._setup.channels.out_channels
+
+    @property
+    def interpolation(self) -> str:
+        """"linear" or "nearest", as resolved from None."""
+        return self._setup.interpolation
+
+    @property
+    def shuffle(self) -> bool:
+        """Whether every epoch has a new permutation."""
+        return self._setup.shuffle
+
+    @property
+    def normalize(self) -> bool:
+        """Whether integer samples are divided by their type's range (or ``scale``)."""
+        return self._setup.normalize
+
+    @property
+    def target(self) -> str | Sequence[str]:
+        """The target column(s), or "last-image"."""
+        return self._setup.target
+
+    @property
+    def split_last(self) -> bool:
+        """Whether y is the last frame (``target="last-image"``)."""
+        return self._setup.split_last
+
+    @property
+    def random_seed(self) -> int:
+        """The seed of the order and the augmentation (the one drawn where None was given)."""
+        return self._setup.random_seed
+
+    @property
+    def locality(self) -> int | None:
+        """Regions per shuffle window (as resolved from "auto"), or None."""
+        return self.feed.order.locality
+
+    @property
+    def num_threads(self) -> int:
+        """DALI's CPU threads of the region decoder."""
+        return self._setup.num_threads
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "gpu": where the graph runs."""
+        return self.feed.spec.device
+
+    @property
+    def device_id(self) -> int | None:
+        """The GPU of the graph, or None on the CPU."""
+        return self.feed.spec.device_id
+
+    @property
+    def table(self) -> TileTable:
+        """The checked tiles table."""
+        return self._setup.table
+
+    @property
+    def images(self) -> ImageSet:
+        """The images' checked headers."""
+        return self._setup.images
+
+    @property
+    def last_error(self) -> DataError | None:
+        """The last DataError (a DecodeError, say) raised while a batch was prepared, here or inside
+        TensorFlow's input pipeline, which re-raises it as an error of its own; None if none."""
+        return self.feed.last_error
 
     @property
     def n_tiles(self) -> int:
@@ -124,9 +251,21 @@ class SequenceDataLoader:
         """Bytes of decoded regions held in the host cache now (at most ``cache_bytes``)."""
         return self.feed.store.cache.nbytes
 
+    def check_strips(self, *, progress: bool = False) -> list[str]:
+        """Check every strip and tile of every image now, as a decode does first: one problem line per
+        damaged file ([] when all are sound). Sound files are remembered: decoding them later costs
+        only a CRC-32 of their bytes. ``progress``: a progress bar over the files."""
+        paths = [str(p) for p in self.images.paths.ravel().tolist()]
+        if progress:
+            from tqdm.auto import tqdm
+
+            paths = tqdm(paths, leave=False, unit="file", desc="dalidw: checking strips and tiles")
+        decoder = self.feed.store.decoder
+        return [line for path in paths for line in decoder.check(path)]
+
     def tile_ids(self, index: int) -> np.ndarray:
         """The tile_ids of batch ``index`` of the current epoch, in the order of its x and y."""
-        return self.table.tile_ids[self.feed.order.positions(self.epoch, index)]
+        return self.table.tile_ids[self.feed.positions(self.epoch, index)]
 
     def on_epoch_end(self) -> None:
         """Move to the next epoch (a new order when shuffling)."""
@@ -154,35 +293,45 @@ class SequenceDataLoader:
         ``start_epoch``) is ``loader[i]`` after e calls of ``on_epoch_end()``. Give fit ``steps_per_epoch``."""
         from .tf import make_dataset
 
-        return make_dataset(self.feed, start_epoch=check_epoch(start_epoch))
+        return make_dataset(self.feed, start_epoch=check_epoch(start_epoch), device_fixed=self._setup.device_fixed)
 
-    def as_pydataset(self, *, start_epoch: int = 0):
+    def as_pydataset(self, *, start_epoch: int = 0, backend: str | None = None):
         """This loader as a ``keras.utils.PyDataset`` for ``model.fit(..., shuffle=False)``: fit's k-th
-        epoch reads this loader's epoch ``start_epoch + k`` (see the README's "Resuming training")."""
-        from .keras_adapter import SourceDataset
+        epoch reads this loader's epoch ``start_epoch + k`` (see "Resuming training"), the graph run a
+        few batches ahead. Its batches are arrays of ``backend`` (default: Keras's active backend) on
+        the graph's device, with no copy: ``jax.Array`` or ``torch.Tensor`` on the loader's GPU,
+        NumPy arrays from the CPU (see ``dalidw.arrays``).
 
-        return SourceDataset(self, check_epoch(start_epoch))
+        Raises:
+            OptionError: an unknown backend, or one that is not installed.
+            DeviceUnavailableError: a GPU loader and a backend that sees no GPU, or computes on another.
+        """
+        import keras
+
+        from .keras_adapter import FeedBatches, SourceDataset
+
+        batches = FeedBatches(self.feed, backend or keras.backend.backend())
+        return SourceDataset(batches, check_epoch(start_epoch), loader=self)
 
     def shard(self, shard_id: int, num_shards: int, *, batch_size: int | None = None,
               device: str | None = None) -> SequenceDataLoader:
         """A loader of one shard of this loader's tiles, sharing its checked table, images and region
         cache (no file is read again), at epoch 0 with the same seed, so all shards agree on every
-        epoch's order. ``batch_size`` and ``device`` default to this loader's."""
+        epoch's order. ``batch_size`` and ``device`` default to this loader's; on a GPU the shard
+        cuts its frames from the regions resident there, as this loader does."""
         self.feed.check_unsharded("shard()")
         shard = check_shard(shard_id, num_shards)
         kind, device_id = resolve_device(device) if device is not None else (self.device, self.device_id)
-        part = copy.copy(self)
-        part.batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
-        part.device, part.device_id, part.epoch = kind, device_id, 0
-        part.feed = self.feed.for_shard(*shard, batch_size=part.batch_size, device=kind, device_id=device_id)
-        return part
+        batch = self.batch_size if batch_size is None else check_batch_size(batch_size)
+        return self._of(self._setup, self.feed.for_shard(*shard, batch_size=batch, device=kind, device_id=device_id))
 
     def distributed_dataset(self, strategy, *, start_epoch: int = 0):
         """The dataset for ``model.fit`` under a ``tf.distribute`` strategy, ``batch_size`` the global batch:
         one DALI pipeline per replica (or worker) on its device and shard. See :meth:`steps_per_epoch`."""
         from .tf import distribute
 
-        return distribute(self.feed, strategy, start_epoch=check_epoch(start_epoch), device_fixed=self._device_fixed)
+        return distribute(self.feed, strategy, start_epoch=check_epoch(start_epoch),
+                          device_fixed=self._setup.device_fixed)
 
     def steps_per_epoch(self, strategy) -> int:
         """Steps of one epoch under ``strategy``: the batches of each replica's shard."""

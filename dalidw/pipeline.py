@@ -1,19 +1,18 @@
-"""The DALI graph: per-sample frame data and boxes in, resized and normalized float32 sequences out.
+"""The DALI graph: per-sample frames in, resized and normalized float32 sequences out.
 
-One graph for both devices and both sources of frames; only device strings and the first node differ:
-
-- ``source="regions"``: each sample of the input "frames" is a whole region stack (T, H, W, C),
-  handed over without a copy (the same stack for every tile of that region); DALI cuts the tile's
-  box out with ``slice`` (input "box": (y, x, h, w) in pixels, one input rather than two because
-  each input costs the host a ``feed_input`` per batch).
-- ``source="crops"``: each sample is the tile's own (T, h, w, C) frames, cut on the host. With
-  ``ragged`` (boxes of several sizes in one batch) the batch is zero-padded to its largest box and
-  "shape" says what to keep.
+One graph for both devices. Its input "frames" holds each sample's (T, h, w, C) frames in the
+images' sample type, with nothing gathered behind DALI's back: on the CPU a list of each tile's
+own arrays, which DALI's CPU external source reads without a copy; on the GPU one contiguous
+device buffer per batch, cut on the device, which DALI's GPU external source shares (a list of
+separate device tensors would be copied into a new buffer every batch); under TensorFlow's plugin
+one contiguous host buffer. A buffer of boxes of several sizes (``ragged``) is padded to the
+largest box, and the input "shape" says what to keep of each sample.
 
 Then, per sample: the augmentation (inputs "transpose", "flip_h", "flip_v"), one resize of the
 whole (T, h, w, C) stack straight to float32, one multiply (or multiply-add per channel for
-mean/std), and the last frame split off for "last-image". Nothing is padded in the batch
-dimension: a partial batch is simply a smaller batch.
+mean/std), applied before the resize where the frames grow (fewer samples to touch: the resize is
+linear, so the values agree to float32 rounding), and the last frame split off for "last-image".
+Nothing is padded in the batch dimension: a partial batch is simply a smaller batch.
 """
 
 from __future__ import annotations
@@ -26,49 +25,54 @@ import numpy as np
 from .bands import DALI_TYPE_NAMES
 
 FRAMES = "frames"
-BOX = "box"
 SHAPE = "shape"
 TRANSPOSE = "transpose"
 FLIP_H = "flip_h"
 FLIP_V = "flip_v"
 TARGET = "target"
 
-SOURCES = ("crops", "regions")
 #: DALI CPU threads of a graph on the GPU, unless the user sets ``num_threads``. There the CPU side
-#: only reads per-sample boxes and flags: on an H200 with 16 cores, 2 threads ran the region graph
+#: only reads per-sample shapes and flags: on an H200 with 16 cores, 2 threads ran the region graph
 #: at 64,500 samples/s with 1.9 host cores busy, 16 threads at 48,300 with 3.8
 #: (bench/results/gpu-variants-h200.json).
 GPU_GRAPH_THREADS = 2
-#: Inputs that are per-sample arguments (boxes, flags), read on the CPU by design.
-ARGUMENT_INPUTS = (BOX, SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
+#: Inputs that are per-sample arguments (shapes, flags), read on the CPU by design.
+ARGUMENT_INPUTS = (SHAPE, TRANSPOSE, FLIP_H, FLIP_V)
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """What the graph reads and produces.
+    """What the graph reads and produces. Built from the loader's checked options by
+    ``feed.graph_spec`` (the one constructor); tools derive variants with ``dataclasses.replace``.
 
     Attributes:
         batch_size: samples per batch (the largest batch; smaller ones may be fed).
         dim: (height, width) of the output frames, in pixels.
         channels: C, channels of the frames.
-        frames: F, frames per sample (T).
+        frames: T, frames per sample.
         input_dtype: uint8, uint16, int16 or float32.
-        gain: per channel, the factor applied after resizing (1/255 for uint8 normalized, say).
+        gain: per channel, the factor of the affine map (1/255 for uint8 normalized, say).
         offset: per channel, added after ``gain`` (-mean/std for standardization).
         interpolation: "linear" (antialiased when shrinking) or "nearest".
         num_classes: K to one-hot encode a single-channel class map (then gain and offset are
             not applied), or 0.
-        split_last: True for "last-image": outputs (first F-1 frames, last frame).
-        target_size: k, targets per tile (0 with ``split_last``); with k = 1, y is (B,).
+        split_last: True for "last-image": outputs (first T-1 frames, last frame).
+        y_shape: the shape of one sample's y: () for one target, (k,) for k, (H, W, C) for the last
+            frame (``feed.target_shape``, the one home of that rule).
+        box: (h, w) of the frames input, pixels: every box's, or the largest with ``ragged``.
         device: "cpu" or "gpu".
         device_id: the GPU, or None on the CPU.
         num_threads: DALI's CPU threads.
+        frames_from_host: a graph on the GPU fed host frames (DALI copies them to the device):
+            under TensorFlow's plugin, whose inputs are host tensors.
         antialias: filter when shrinking; False where no frame is ever shrunk (same output, faster).
-        source: "crops" or "regions" (see the module docstring).
-        ragged: with "crops", the boxes of a batch may differ in size.
+        ragged: the boxes of a batch may differ in size.
         turns: samples may be transposed (quarter turns).
         flips: samples may be flipped.
         resize: False where every box already has the output size: frames are cast, not resampled.
+        affine_first: apply gain and offset before the resize (where it grows the frames).
+        resize_minibatch: images per kernel call of DALI's GPU resize (its ``minibatch_size``);
+            None: DALI's default.
     """
 
     batch_size: int
@@ -81,16 +85,19 @@ class GraphSpec:
     interpolation: str
     num_classes: int
     split_last: bool
-    target_size: int
+    y_shape: tuple[int, ...]
+    box: tuple[int, int]
     device: str
     device_id: int | None
     num_threads: int
+    frames_from_host: bool = False
     antialias: bool = True
-    source: str = "crops"
     ragged: bool = False
     turns: bool = False
     flips: bool = False
     resize: bool = True
+    affine_first: bool = False
+    resize_minibatch: int | None = None
 
     @property
     def out_channels(self) -> int:
@@ -101,9 +108,7 @@ class GraphSpec:
     def inputs(self) -> tuple[str, ...]:
         """The names of the graph's external inputs, in feeding order."""
         names = [FRAMES]
-        if self.source == "regions":
-            names.append(BOX)
-        elif self.ragged:
+        if self.ragged:
             names.append(SHAPE)
         if self.turns:
             names.append(TRANSPOSE)
@@ -113,57 +118,38 @@ class GraphSpec:
             names.append(TARGET)
         return tuple(names)
 
+    def frames_shape(self, batch: int | None = None) -> tuple[int | None, ...]:
+        """Shape of the "frames" input of a batch of ``batch`` samples: (B, T, h, w, C)."""
+        return (batch, self.frames, *self.box, self.channels)
+
     def output_shapes(self) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
         """Shapes of (x, y), the batch dimension None (the last batch of an epoch may be smaller)."""
         h, w = self.dim
-        c = self.out_channels
-        if self.split_last:
-            return (None, self.frames - 1, h, w, c), (None, h, w, c)
-        return (None, self.frames, h, w, c), ((None,) if self.target_size == 1 else (None, self.target_size))
-
-
-def box_facts(sizes: np.ndarray, dim: tuple[int, int], *, turns: bool) -> dict[str, bool]:
-    """What the tiles' box sizes tell the graph.
-
-    Args:
-        sizes: int (n_tiles, 2) (h, w) of every box, in pixels.
-        dim: (H, W) of the output frames.
-        turns: boxes may be turned a quarter (then h and w swap).
-
-    Returns:
-        ragged: the boxes differ in size; antialias: some frame is shrunk along some axis (where
-        the antialias filter matters); resize: some frame differs from ``dim`` (when none does,
-        frames are copied as they are, so a NaN stays in its own pixel).
-    """
-    reach = np.full(2, sizes.max()) if turns else sizes.max(axis=0)  # a quarter turn swaps h and w
-    same = bool((sizes == np.asarray(dim)).all()) and (not turns or dim[0] == dim[1])
-    return {"ragged": bool((sizes != sizes[0]).any()), "antialias": bool(reach[0] > dim[0] or reach[1] > dim[1]),
-            "resize": not same}
+        frames = self.frames - 1 if self.split_last else self.frames
+        return (None, frames, h, w, self.out_channels), (None, *self.y_shape)
 
 
 def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: list | None = None):
     """The DALI pipeline for ``spec``, not yet built. Its inputs are ``spec.inputs``, fed a batch at
     a time (``batch=True``).
 
-    Outputs: x float32 (B, F, H, W, C) and y float32 (B,) or (B, k); with ``split_last``,
-    x float32 (B, F-1, H, W, C) and y float32 (B, H, W, C). ``nodes``, when given, receives the
-    output nodes (for :func:`placement`).
+    Outputs: x float32 (B, T, H, W, C) and y float32 (B, *spec.y_shape); with ``split_last``,
+    x float32 (B, T-1, H, W, C) and y the last frame. ``nodes``, when given, receives the output
+    nodes (for :func:`placement`).
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    if spec.source not in SOURCES:
-        raise ValueError(f"Expected GraphSpec.source in {SOURCES}. Received: {spec.source!r}")
     in_type = getattr(types, DALI_TYPE_NAMES[np.dtype(spec.input_dtype).name])
+    affine = not spec.num_classes
+    minibatch = {} if spec.resize_minibatch is None else {"minibatch_size": spec.resize_minibatch}
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
                   prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True, enable_conditionals=spec.turns)
     def sequences():
+        # no_copy: DALI shares the one contiguous buffer of each batch (kept alive by the feeder)
         x = fn.external_source(name=FRAMES, batch=True, layout="FHWC", dtype=in_type, ndim=4, device=spec.device,
-                               no_copy=spec.source == "regions" or spec.device == "cpu")
-        if spec.source == "regions":
-            box = fn.external_source(name=BOX, batch=True, dtype=types.INT32, ndim=1)
-            x = fn.slice(x, start=box[0:2], shape=box[2:4], axes=[1, 2])
-        elif spec.ragged:
+                               no_copy=spec.device == "cpu" or not spec.frames_from_host)
+        if spec.ragged:
             shape = fn.external_source(name=SHAPE, batch=True, dtype=types.INT32, ndim=1)
             x = fn.slice(x, start=[0, 0], shape=shape, axes=[1, 2])
         if spec.turns:
@@ -174,26 +160,28 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
             flip_h = fn.external_source(name=FLIP_H, batch=True, dtype=types.INT32, ndim=0)
             flip_v = fn.external_source(name=FLIP_V, batch=True, dtype=types.INT32, ndim=0)
             x = fn.flip(x, horizontal=flip_h, vertical=flip_v)
+        if affine and spec.affine_first:
+            x = _affine(x, spec.gain, spec.offset, types, spec.device)
         if not spec.resize:
             x = fn.cast(x, dtype=types.FLOAT)
             if spec.num_classes:
                 x = fn.one_hot(fn.squeeze(x, axes=[3]), num_classes=spec.num_classes, axis=-1, dtype=types.FLOAT)
         elif spec.interpolation == "nearest":
-            x = fn.resize(x, size=list(spec.dim), interp_type=types.INTERP_NN, antialias=False)
+            x = fn.resize(x, size=list(spec.dim), interp_type=types.INTERP_NN, antialias=False, **minibatch)
             if spec.num_classes:
                 x = fn.one_hot(fn.squeeze(x, axes=[3]), num_classes=spec.num_classes, axis=-1, dtype=types.FLOAT)
             else:
                 x = fn.cast(x, dtype=types.FLOAT)
         else:
             x = fn.resize(x, size=list(spec.dim), dtype=types.FLOAT, interp_type=types.INTERP_LINEAR,
-                          antialias=spec.antialias)
-        if not spec.num_classes:
+                          antialias=spec.antialias, **minibatch)
+        if affine and not spec.affine_first:
             x = _affine(x, spec.gain, spec.offset, types, spec.device)
         if spec.split_last:
             outputs = (x[0 : spec.frames - 1], x[spec.frames - 1])
         else:
-            y = fn.external_source(name=TARGET, batch=True, dtype=types.FLOAT,
-                                   ndim=0 if spec.target_size == 1 else 1, device=spec.device)
+            y = fn.external_source(name=TARGET, batch=True, dtype=types.FLOAT, ndim=len(spec.y_shape),
+                                   device=spec.device)
             outputs = (x, y)
         if nodes is not None:
             nodes.extend(outputs)
@@ -202,41 +190,38 @@ def build_pipeline(spec: GraphSpec, *, prefetch_queue_depth: int = 2, nodes: lis
     return sequences()
 
 
-def stack_references(stacks: dict[int, Any], regions: np.ndarray) -> Any:
-    """The "frames" input of a "regions" graph: a DALI tensor list of b samples, sample i being the
-    (T, H, W, C) stack of region ``regions[i]`` from ``stacks`` (region -> numpy or CuPy array),
-    sharing its memory. Each stack is wrapped once per batch, not once per sample, and the list is
-    handed to DALI whole (``contiguous=False``: no pixel is copied), which spares ``feed_input``
-    its per-sample Python loop."""
-    from nvidia.dali.tensors import TensorCPU, TensorGPU, TensorListCPU, TensorListGPU
+def sample_list(samples: list[np.ndarray]) -> Any:
+    """A DALI CPU tensor list whose samples share the memory of ``samples`` (contiguous (T, h, w, C)
+    arrays, of one size or several): DALI's CPU external source reads such a list without a copy."""
+    from nvidia.dali.tensors import TensorCPU, TensorListCPU
 
-    wrapped = {region: TensorCPU(stack, "FHWC") if isinstance(stack, np.ndarray)
-               else TensorGPU(stack, "FHWC", int(stack.device.id)) for region, stack in stacks.items()}
-    samples = [wrapped[region] for region in regions.tolist()]
-    kind = TensorListCPU if isinstance(samples[0], TensorCPU) else TensorListGPU
-    return kind(samples, "FHWC", contiguous=False)
+    return TensorListCPU([TensorCPU(sample, "FHWC") for sample in samples], "FHWC", contiguous=False)
 
 
 def feed_batch(pipe: Any, inputs: dict[str, Any], *, cuda_stream: Any = None) -> None:
-    """Hand one batch's ``inputs`` (name -> a batch array or DALI tensor list, from the feed) to
-    ``pipe``'s external sources. An array goes in wrapped as one DALI tensor list (sharing its
-    memory), which spares ``feed_input`` its checks of a foreign array (about 40 us per input).
-    ``cuda_stream``, where given, is passed to ``feed_input`` with each tensor list (DALI's
-    meaning: the stream its device data was written on; 0 the default stream, -1 DALI's own)."""
-    from nvidia.dali.tensors import TensorListCPU
+    """Hand one batch's ``inputs`` (name -> a contiguous NumPy or CuPy batch array, or a DALI CPU
+    tensor list from :func:`sample_list`, from the feed) to ``pipe``'s external sources, each array
+    wrapped as one DALI tensor list sharing its memory (which spares ``feed_input`` its checks of a
+    foreign array, about 40 us per input). ``cuda_stream``: the stream device arrays were written on
+    (a CuPy stream or its pointer); DALI orders its reads after that stream's work instead of
+    waiting on the host."""
+    from nvidia.dali.tensors import TensorListCPU, TensorListGPU
 
-    streams = {} if cuda_stream is None else {"cuda_stream": cuda_stream}
     for name, batch in inputs.items():
         if isinstance(batch, np.ndarray):
             pipe.feed_input(name, TensorListCPU(batch))
-        else:
-            pipe.feed_input(name, batch, **streams)
+        elif isinstance(batch, TensorListCPU):
+            pipe.feed_input(name, batch)
+        else:  # a CuPy array: the frames cut on the GPU, (B, T, h, w, C)
+            stream = getattr(cuda_stream, "ptr", cuda_stream)
+            pipe.feed_input(name, TensorListGPU(batch, "FHWC", int(batch.device.id)),
+                            **({} if stream is None else {"cuda_stream": stream}))
 
 
 def placement(outputs: list) -> list[tuple[str, str]]:
     """(operator, device) of every operator on the data path to ``outputs`` (DALI output nodes).
-    Argument inputs (boxes, flags) and the operators computed from them alone (the box's
-    subscripts) are left out: they are per-sample scalars and belong on the CPU."""
+    Argument inputs (shapes, flags) and the operators computed from them alone are left out: they
+    are per-sample scalars and belong on the CPU."""
     from_arguments: dict[int, bool] = {}
 
     def argument_only(node) -> bool:

@@ -63,11 +63,9 @@ def quiet_startup(args: argparse.Namespace) -> None:
     set, and TensorFlow, where the command uses it, imported with its native start-up lines
     dropped. Python warnings (dalidw's SlowPathWarning among them) and errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # training imports TensorFlow where it is installed, on every backend: Keras's set_random_seed
+    # seeds it too (for tf.data shuffles)
     uses_tf = args.command in ("train", "demo")
-    if not uses_tf and getattr(args, "device", "cpu") != "cpu":  # "auto" asks TensorFlow where DALI sees a GPU
-        from .devices import gpu_count
-
-        uses_tf = gpu_count() > 0
     if uses_tf and importlib.util.find_spec("tensorflow") is not None:
         with native_stderr_filtered():
             import tensorflow  # noqa: F401

@@ -1,14 +1,16 @@
-"""The hand-off to TensorFlow: a feed's DALI graph as a ``tf.data.Dataset`` through the DALI plugin.
+"""The hand-off to TensorFlow: a feed's DALI graph as a repeating ``tf.data.Dataset`` of (x, y).
 
-``DALIDatasetWithInputs`` takes ``tf.data`` inputs for the graph's external sources, one whole
-batch per element. Element k of each input is a pure function of k through the feed's (epoch,
-batch) bookkeeping, so the inputs stay aligned however far ahead TensorFlow or DALI prefetch. The
-DALI dataset is the last node: no ``tf.data`` op follows it (those run on the CPU only), the batch
-dimension is None, and a partial last batch is simply smaller.
+Element k is a pure function of k through the feed's (epoch, batch) bookkeeping, so the batches
+stay aligned however far ahead TensorFlow or DALI prefetch; the batch dimension is None and a
+partial last batch is simply smaller.
 
-The plugin turns every input into a host ``tf.data`` tensor, so the graph it runs always takes
-crops cut on the host (``source="crops"``); region stacks resident on the GPU serve the graph run
-directly (``loader[i]``).
+- **On the CPU** the graph runs a few batches ahead (``runahead.RunAhead``) and each output batch
+  becomes a TensorFlow tensor through DLPack, sharing DALI's buffer: no copy of the output. (DALI's
+  TensorFlow plugin copies every output batch into a tensor TensorFlow allocates anew, 88 MB for
+  256 samples of 7x64x64x3, which costs more than DALI's whole graph on a 2-core machine.)
+- **On the GPU** DALI's TensorFlow plugin (``DALIDatasetWithInputs``) runs the graph, so the
+  outputs are born on the GPU; the plugin takes host inputs only, so each batch's frames are cut
+  on the host (one gather from the region's tile blocks) and copied over.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .devices import check_tensorflow_gpu
+from .devices import dataset_device, share_tensorflow_gpu
 from .errors import OptionError
 from .feed import BatchFeed, per_replica_batch
 from .pipeline import FLIP_H, FLIP_V, FRAMES, SHAPE, TARGET, TRANSPOSE, build_pipeline
+from .runahead import RunAhead
 
 #: TensorFlow releases the DALI plugin ships prebuilt for, as (major, minor).
 SUPPORTED_TF = ((2, 20), (2, 21))
@@ -48,16 +51,28 @@ def import_plugin():
     return tf, dali_tf
 
 
-def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None = None):
+def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None = None, device_fixed: bool = False,
+                 plugin: bool | None = None):
     """The repeating (x, y) dataset of ``feed``'s graph, from epoch ``start_epoch`` on.
 
-    ``placement`` is the TensorFlow device of the DALI dataset (default: the graph's GPU, or /cpu:0).
+    Args:
+        placement: the TensorFlow device of the plugin's DALI dataset (default: the graph's device).
+        device_fixed: the user named the feed's device; where TensorFlow sees no GPU, a GPU feed is
+            then an error rather than a dataset on the CPU (``devices.dataset_device``).
+        plugin: run the graph in DALI's TensorFlow plugin; None: on the GPU only (on the CPU the
+            plugin's output copy costs more than the graph: see the module docstring).
     """
     tf, dali_tf = import_plugin()
-    feed = feed.replace(source="crops", device_store=None) if feed.spec.source != "crops" else feed
+    if feed.spec.device == "gpu":
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        if dataset_device("gpu", gpus, device_fixed=device_fixed) == "cpu":
+            feed = feed.moved(device="cpu")
+    if not (feed.spec.device == "gpu" if plugin is None else plugin):
+        return _host_dataset(tf, feed, start_epoch)
+    if feed.spec.device == "gpu":
+        share_tensorflow_gpu(tf)
+        feed = feed.moved(host_frames=True)
     spec = feed.spec
-    if spec.device == "gpu":
-        check_tensorflow_gpu(tf)
     device = placement or (f"/gpu:{spec.device_id}" if spec.device == "gpu" else "/cpu:0")
     signatures = _signatures(tf, feed)
     inputs = {}
@@ -82,6 +97,37 @@ def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None
         )
 
 
+def _host_dataset(tf, feed: BatchFeed, start_epoch: int):
+    """The CPU graph's batches, step k from ``RunAhead``, as TensorFlow tensors that share DALI's
+    output buffers (DLPack). One ``RunAhead`` per dataset, made on the first element; a new
+    iterator of the dataset starts at step 0, which the runner follows by starting over. The
+    Python function runs only when an element is asked for."""
+    runners: list[RunAhead] = []
+    x_shape, y_shape = feed.spec.output_shapes()
+
+    def batch(step):
+        if not runners:
+            runners.append(RunAhead(feed, start_epoch=start_epoch))
+        x, y = runners[0](int(step))
+        return _from_dali(tf, x), _from_dali(tf, y)
+
+    def element(step):
+        x, y = tf.py_function(batch, [step], (tf.float32, tf.float32))
+        return tf.ensure_shape(x, x_shape), tf.ensure_shape(y, y_shape)
+
+    options = tf.data.Options()
+    # No prefetch thread of TensorFlow's (DALI already works ahead): one inside the Python function
+    # when Python exits would wait for the interpreter lock that the exiting thread holds.
+    options.experimental_optimization.inject_prefetch = False
+    return tf.data.Dataset.counter().map(element).with_options(options)
+
+
+def _from_dali(tf, batch):
+    """A DALI CPU tensor list as a TensorFlow tensor sharing its buffer (DLPack; DALI's buffer lives
+    as long as the tensor)."""
+    return tf.experimental.dlpack.from_dlpack(batch.as_tensor().__dlpack__())
+
+
 def _input_dataset(tf, feed: BatchFeed, name: str, start_epoch: int, signature):
     """Input ``name`` of batch after batch from ``start_epoch`` on: element k is a pure function of k
     (epoch ``start_epoch + k // len(feed)``, batch ``k % len(feed)``).
@@ -94,7 +140,8 @@ def _input_dataset(tf, feed: BatchFeed, name: str, start_epoch: int, signature):
 
     def batch_input(step: np.int64) -> np.ndarray:
         epoch, index = divmod(int(step), batches)
-        return np.asarray(feed.inputs(start_epoch + epoch, index, (name,))[name])
+        frames = feed.new_frames(int(feed.order.batch_sizes[index]), host=True) if name == FRAMES else None
+        return np.asarray(feed.inputs(start_epoch + epoch, index, (name,), frames=frames)[name])
 
     def element(step):
         value = tf.numpy_function(batch_input, [step], signature.dtype, stateful=True)
@@ -105,15 +152,13 @@ def _input_dataset(tf, feed: BatchFeed, name: str, start_epoch: int, signature):
 
 def _signatures(tf, feed: BatchFeed) -> dict[str, Any]:
     spec = feed.spec
-    box = (None, None) if spec.ragged else feed.box()
-    target = (None,) if spec.target_size == 1 else (None, spec.target_size)
     return {
-        FRAMES: tf.TensorSpec((None, spec.frames, *box, spec.channels), tf.as_dtype(np.dtype(spec.input_dtype))),
+        FRAMES: tf.TensorSpec(spec.frames_shape(), tf.as_dtype(np.dtype(spec.input_dtype))),
         SHAPE: tf.TensorSpec((None, 2), tf.int32),
         TRANSPOSE: tf.TensorSpec((None,), tf.bool),
         FLIP_H: tf.TensorSpec((None,), tf.int32),
         FLIP_V: tf.TensorSpec((None,), tf.int32),
-        TARGET: tf.TensorSpec(target, tf.float32),
+        TARGET: tf.TensorSpec((None, *spec.y_shape), tf.float32),
     }
 
 
@@ -152,7 +197,7 @@ def distribute(feed: BatchFeed, strategy, *, start_epoch: int = 0, device_fixed:
         part = feed.for_shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
                               device=kind, device_id=device_id)
         with tf.device(placement):
-            return make_dataset(part, start_epoch=start_epoch, placement=placement)
+            return make_dataset(part, start_epoch=start_epoch, placement=placement, device_fixed=device_fixed)
 
     if not mirrored:
         return strategy.distribute_datasets_from_function(shard_dataset)

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,31 @@ def build_model(frames: int, dim: tuple[int, int], channels: int, filters: int =
         keras.layers.Dense(16, activation="relu"),
         keras.layers.Dense(1),
     ], name="convlstm_regressor")
+
+
+def keras_backend(name: str | None) -> str:
+    """The Keras backend to train with, set before Keras is imported: ``name``, else the
+    ``KERAS_BACKEND`` environment variable, else "tensorflow". With JAX, XLA is told not to take
+    75% of the GPU's memory at its first use (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set),
+    so that DALI and the region store keep their share.
+
+    Raises:
+        OptionError: an unknown backend, one not installed, or Keras already imported with another.
+    """
+    from .arrays import BACKENDS, check_backend
+
+    name = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if name == "numpy" or name not in BACKENDS:
+        raise OptionError(f"Expected `backend` to be 'tensorflow', 'jax' or 'torch'. Received: {name!r}")
+    check_backend(name)
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend") and keras.backend.backend() != name:
+        raise OptionError(f"Keras is already imported with the {keras.backend.backend()} backend; to train with "
+                          f"{name!r}, set KERAS_BACKEND={name} before anything imports keras")
+    os.environ["KERAS_BACKEND"] = name
+    if name == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return name
 
 
 STRATEGIES = ("none", "mirrored", "multiworker")
@@ -176,13 +202,16 @@ def train(
     verbose: int = 2,
     strategy: str = "none",
     resume: bool = False,
+    backend: str | None = None,
     **loader_options: Any,
 ) -> TrainResult:
     """Train the ConvLSTM regressor and write model, log and curves to ``out_dir``.
 
     ``loader_options`` go to both loaders (``bands``, ``num_classes``, ``scale``, ...).
     ``strategy``: "none", "mirrored" or "multiworker" (see :func:`make_strategy`); then
-    ``batch_size`` is the global batch, split over the replicas.
+    ``batch_size`` is the global batch, split over the replicas (TensorFlow only).
+    ``backend``: the Keras backend, "tensorflow", "jax" or "torch" (see :func:`keras_backend`):
+    TensorFlow's fit reads ``loader.dataset()``, the others ``loader.as_pydataset()``.
 
     After each epoch ``out_dir`` gets ``checkpoint.keras`` (the model with its optimizer state)
     and then ``checkpoint.json`` (the epochs done and the run's options). ``resume=True``
@@ -190,9 +219,14 @@ def train(
     interruption, and ``log.csv`` is appended to.
 
     Raises:
-        ValueError: ``resume`` without a checkpoint in ``out_dir``, with ``epochs`` not above the
-            epochs done, with options other than the checkpoint's, or with "multiworker".
+        OptionError: ``resume`` without a checkpoint in ``out_dir``, with ``epochs`` not above the
+            epochs done, with options other than the checkpoint's, or with "multiworker"; a
+            strategy with a backend other than TensorFlow; a backend not installed.
     """
+    backend = keras_backend(backend)
+    if strategy != "none" and backend != "tensorflow":
+        raise OptionError(f"Expected strategy='none' with the {backend} backend: the strategies are TensorFlow's. "
+                          f"Received: strategy={strategy!r}")
     if resume and strategy == "multiworker":
         raise OptionError("Expected `strategy` to be 'none' or 'mirrored' to resume a run: the multiworker loop "
                          "writes no checkpoint. Received: strategy='multiworker', resume=True")
@@ -232,13 +266,18 @@ def train(
     model_path = os.path.join(out_dir, "model.keras")
     log_path = os.path.join(out_dir, "log.csv")
     if strategy == "multiworker":
-        _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
+        with _input_errors(train_loader, val_loader):
+            _fit_multiworker(model, dist, train_loader, val_loader, epochs, log_path, verbose)
     else:
         if resume:
             _drop_log_rows_from(log_path, initial_epoch)
         callbacks = [keras.callbacks.CSVLogger(log_path, append=resume),
                      _checkpoint_callback(keras, model, out_dir, options)]
-        if dist is None:
+        if backend != "tensorflow":
+            data = train_loader.as_pydataset(start_epoch=initial_epoch, backend=backend)
+            steps = None
+            validation = {"validation_data": val_loader.as_pydataset(backend=backend)}
+        elif dist is None:
             data = train_loader.dataset(start_epoch=initial_epoch)
             steps = len(train_loader)
             validation = {"validation_data": val_loader.dataset(), "validation_steps": len(val_loader)}
@@ -252,8 +291,8 @@ def train(
             callbacks.insert(0, _validation_callback(keras, model, val_loader))
         # one GPU: train under the loader's GPU, as DALI's Keras recipe does; a strategy places replicas itself
         placement = (f"/gpu:{train_loader.device_id}" if dist is None and train_loader.device == "gpu"
-                     else None)
-        with _tf_device(placement):
+                     and backend == "tensorflow" else None)
+        with _tf_device(placement), _input_errors(train_loader, val_loader):
             model.fit(
                 data, steps_per_epoch=steps, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                 verbose=verbose,
@@ -360,6 +399,21 @@ def _drop_log_rows_from(log_path: str, epoch: int) -> None:
     log = pd.read_csv(log_path)
     if "epoch" in log and (log["epoch"] >= epoch).any():
         log[log["epoch"] < epoch].to_csv(log_path, index=False)
+
+
+@contextlib.contextmanager
+def _input_errors(*loaders: SequenceDataLoader):
+    """Re-raise a DataError (a DecodeError, say) that one of ``loaders`` raised inside TensorFlow's
+    input pipeline as itself, in place of the TensorFlow error that wraps it."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception:
+        cause = next((ld.last_error for ld in loaders if ld.last_error is not None), None)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _tf_device(name: str | None):

@@ -159,8 +159,15 @@ def test_regions_are_decoded_once_while_they_fit_the_cache(dataset):
     assert ld.decoded_images == 2 * len(YEARS)
 
 
+def region_bytes(ds) -> int:
+    """Bytes the cache keeps of the largest region: its tiles of every label, cut once, or its whole
+    stack where its tiles overlap so much that they would hold more."""
+    layout = loader(ds).feed.store.layout
+    return max(layout.nbytes(r) for r in range(len(layout.stack_shapes)))
+
+
 def test_the_cache_stays_under_its_bound(dataset):
-    one_region = len(YEARS) * 96 * 112 * 3  # the cache keeps a region's images of every year together
+    one_region = region_bytes(dataset)  # the cache keeps a region's tiles of every year together
     ld = loader(dataset, batch_size=3, cache_bytes=one_region + 1)
     first = ld[0][0]
     list(ld)
@@ -185,11 +192,26 @@ def test_auto_runs_on_the_cpu_without_a_gpu(dataset, monkeypatch):
     assert loader(dataset, device="auto").device == "cpu"
 
 
-def test_auto_stays_on_the_cpu_when_tensorflow_sees_no_gpu(dataset, monkeypatch):
+def test_auto_takes_the_gpu_dali_sees_without_asking_tensorflow(monkeypatch):
+    from dalidw.devices import resolve_device
+
+    def no_tensorflow():
+        raise AssertionError("device='auto' asked TensorFlow")
+
     monkeypatch.setattr("dalidw.devices.gpu_count", lambda: 1)
-    monkeypatch.setattr("dalidw.devices.tensorflow_gpu_count", lambda: 0)
+    monkeypatch.setattr("dalidw.devices.tensorflow_gpu_count", no_tensorflow)
+    assert resolve_device("auto") == ("gpu", 0)
+
+
+def test_a_tensorflow_without_a_gpu_runs_an_auto_gpu_loaders_dataset_on_the_cpu():
+    from dalidw.devices import dataset_device
+
     with pytest.warns(RuntimeWarning, match=r"DALI sees a GPU but TensorFlow sees no GPU.*tensorflow\[and-cuda\]"):
-        assert loader(dataset, device="auto").device == "cpu"
+        assert dataset_device("gpu", 0, device_fixed=False) == "cpu"
+    with pytest.raises(DeviceUnavailableError, match=r"TensorFlow sees no GPU.*device='cpu'"):
+        dataset_device("gpu", 0, device_fixed=True)
+    assert dataset_device("gpu", 1, device_fixed=True) == "gpu"
+    assert dataset_device("cpu", 0, device_fixed=False) == "cpu"
 
 
 def test_verify_decode_accepts_sound_files(dataset):
@@ -229,7 +251,7 @@ def test_an_all_black_image_is_not_mistaken_for_a_broken_one(dataset):
 
 def test_locality_decodes_each_image_once_per_epoch_with_a_cache_of_one_region(tmp_path):
     ds = make_dataset(tmp_path, regions=4, tiles_per_region=10)
-    one_region = len(YEARS) * 96 * 112 * 3  # bytes of one region's images, uint8 RGB
+    one_region = region_bytes(ds)
     options = {"batch_size": 8, "cache_bytes": one_region, "random_seed": 2}
     local = loader(ds, locality="auto", **options)
     spread = loader(ds, **options)
@@ -261,34 +283,55 @@ def test_tiles_of_one_size_go_as_whole_batches_and_still_match_the_reference(tmp
         assert_batch_matches_reference(ds, ld, index)
 
 
-def test_the_region_graph_cuts_the_same_batches_from_the_region_stacks_without_a_copy(dataset):
-    """The GPU path's graph (whole region stacks in, DALI slices the boxes), run here on the CPU,
-    gives the batches of the graph fed with crops cut on the host, augmentation included."""
-    ld = loader(dataset, augment=True, dim=(24, 24))
-    regions = ld.feed.replace(source="regions")
+def test_tiles_that_overlap_are_cut_from_the_kept_region_stack_and_match_the_reference(tmp_path):
+    """A stride of half a tile: its tiles, cut once, would hold about four times the region's pixels,
+    so the cache keeps the region's stack and slices each tile from it."""
+    ds = make_dataset(tmp_path, tile_size=(40, 48), tiles_per_region=12, seed=4)
+    table = ds.table.copy()
+    for i, tile in enumerate(sorted(table.tile_id.unique())):  # a 3x4 grid with a stride of half a tile
+        y, x = 20 * (i % 12 // 4), 16 * (i % 4)
+        table.loc[table.tile_id == tile, "region_coordinates"] = f"({x}, {y}, {x + 48}, {y + 40})"
+    ds.table = table
+    ld = loader(ds, dim=(20, 24))
+    assert ld.feed.store.layout.as_blocks == (False, False)
     for index in range(len(ld)):
-        x, y = regions.run(regions.inputs(ld.epoch, index))
+        assert_batch_matches_reference(ds, ld, index)
+
+
+def test_a_batch_is_cut_into_one_contiguous_buffer_the_caller_may_give(dataset):
+    ld = loader(dataset, batch_size=5)
+    buffer = ld.feed.new_frames(5)
+    frames = ld.feed.inputs(0, 1, frames=buffer)["frames"]
+    assert frames is buffer and frames.flags.c_contiguous
+    assert frames.shape == (5, len(YEARS), *ld.feed.box(), 3)  # padded to the largest box of the table
+    np.testing.assert_array_equal(ld.feed.run(ld.feed.inputs(0, 1, frames=buffer))[0], ld[1][0])
+
+
+def test_run_ahead_gives_the_loaders_batches_step_after_step_and_out_of_order(dataset):
+    from dalidw.runahead import RunAhead
+
+    ld = loader(dataset, batch_size=4, augment="flip", dim=(16, 16))
+    run = RunAhead(ld.feed, start_epoch=1)
+    steps = [*range(2 * len(ld) + 1), 0, 5, 6]  # across two epochs, then back to the start, then a jump
+    for step in steps:
+        x, y = run(step)
+        epoch, index = divmod(step, len(ld))
+        ld.epoch = 1 + epoch
         want_x, want_y = ld[index]
-        np.testing.assert_allclose(x, want_x, atol=ATOL, rtol=0, err_msg=f"batch {index}")
-        np.testing.assert_array_equal(y, want_y)
-    frames = regions.inputs(0, 0)["frames"]
-    stacks = list(regions.store.stacks(np.unique(regions.regions)).values())
-    assert len(frames) == ld.batch_size
-    assert all(any(np.shares_memory(np.asarray(f), s) for s in stacks) for f in frames), "no pixel is copied"
+        np.testing.assert_array_equal(x.as_array(), want_x, err_msg=f"step {step}")
+        np.testing.assert_array_equal(y.as_array(), want_y, err_msg=f"step {step}")
 
 
-def test_placement_lists_the_data_path_not_the_box_arithmetic():
-    from dalidw.pipeline import GraphSpec, build_pipeline, placement
+def test_placement_lists_the_data_path_not_the_flags(dataset):
+    from dalidw.pipeline import ARGUMENT_INPUTS, build_pipeline, placement
 
-    spec = GraphSpec(batch_size=2, dim=(8, 8), channels=3, frames=3, input_dtype=np.uint8, gain=(1 / 255,) * 3,
-                     offset=(0.0,) * 3, interpolation="linear", num_classes=0, split_last=False, target_size=1,
-                     device="cpu", device_id=None, num_threads=1, source="regions", turns=True, flips=True)
+    ld = loader(dataset, augment=True, dim=(16, 16))
     nodes: list = []
-    pipe = build_pipeline(spec, nodes=nodes)
+    pipe = build_pipeline(ld.feed.spec, nodes=nodes)
     names = [name for name, _ in placement(nodes)]
     assert any("Slice" in n for n in names) and any("Resize" in n for n in names), names
-    # the box's start and shape subscripts are per-sample arguments: they stay on the CPU on both devices
-    assert not any("TensorSubscript" in n for n in names), names
+    # the per-sample shapes and flags are arguments: they stay on the CPU on both devices
+    assert not set(names) & set(ARGUMENT_INPUTS), names
     del pipe
 
 
@@ -299,3 +342,23 @@ def test_float32_regions_are_decoded_by_the_cpu_decoder_even_for_a_gpu_graph():
     assert decode_backend(np.dtype("float32"), "gpu") == "cpu"
     assert decode_backend(np.dtype("uint8"), "gpu") == decode_backend(np.dtype("uint16"), "gpu") == "mixed"
     assert decode_backend(np.dtype("uint16"), "cpu") == "cpu"
+
+
+def test_the_cut_the_gpu_runs_gives_the_host_cuts_frames(tmp_path):
+    """The device store cuts with each region's own per-box-size gathers (the code the GPU runs,
+    here on NumPy arrays); the host store copies block rows one by one: the same frames."""
+    from dalidw.regions import cut_frames
+
+    ds = make_dataset(tmp_path, tile_size=(30, 40), tiles_per_region=9)
+    ld = loader(ds, batch_size=7)
+    store = ld.feed.store
+    for index in range(len(ld)):
+        positions = ld.feed.positions(0, index)
+        tiles = store.tiles(store.layout.regions[positions])
+        host = cut_frames(store.layout, tiles, positions, ld.feed.new_frames(len(positions)))
+        grouped = np.zeros_like(host)
+        slots = np.arange(len(positions))
+        for region, kept in tiles.items():
+            mine = store.layout.regions[positions] == region
+            kept.cut(store.layout, positions[mine], slots[mine], grouped)
+        np.testing.assert_array_equal(grouped, host)

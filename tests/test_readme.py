@@ -57,8 +57,9 @@ def test_the_keyword_only_boundary_in_the_docs_is_the_signatures():
 
 
 def instance_attributes() -> set[str]:
-    """The names ``SequenceDataLoader.__init__`` assigns to ``self.``."""
-    tree = ast.parse(inspect.getsource(SequenceDataLoader.__init__).strip())
+    """The names ``SequenceDataLoader``'s methods assign to ``self.`` (the constructor wires the
+    parts through ``_attach``)."""
+    tree = ast.parse(inspect.getsource(SequenceDataLoader))
     return {node.attr for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
             and isinstance(node.value, ast.Name) and node.value.id == "self"}

@@ -20,10 +20,14 @@ def loader(ds, **kw):
     return SequenceDataLoader(YEARS, ds.table, ds.image_dir, **options)
 
 
-def assert_dataset_matches_loader(ld, epochs: int = 2, channels: int | None = None):
-    """dataset()'s epoch e, batch i equals loader[i] after e calls of on_epoch_end(), bit for bit."""
+def assert_dataset_matches_loader(ld, epochs: int = 2, channels: int | None = None, plugin: bool = False):
+    """dataset()'s epoch e, batch i equals loader[i] after e calls of on_epoch_end(), bit for bit.
+    ``plugin``: the dataset of DALI's TensorFlow plugin instead (what a GPU loader's dataset() runs)."""
+    from dalidw.tf import make_dataset
+
     batches = len(ld)
-    got = list(ld.dataset().take(epochs * batches).as_numpy_iterator())
+    dataset = make_dataset(ld.feed, plugin=True) if plugin else ld.dataset()
+    got = list(dataset.take(epochs * batches).as_numpy_iterator())
     for epoch in range(epochs):
         for i in range(batches):
             x, y = got[epoch * batches + i]
@@ -37,8 +41,9 @@ def assert_dataset_matches_loader(ld, epochs: int = 2, channels: int | None = No
 
 
 @pytest.mark.parametrize("target", ["target", ["target", "target2"], "last-image"])
-def test_dataset_equals_loader_batches_over_two_epochs(dataset, target):
-    assert_dataset_matches_loader(loader(dataset, target=target))
+@pytest.mark.parametrize("plugin", [False, True], ids=["runahead", "plugin"])
+def test_dataset_equals_loader_batches_over_two_epochs(dataset, target, plugin):
+    assert_dataset_matches_loader(loader(dataset, target=target), plugin=plugin)
 
 
 def test_dataset_can_start_at_a_later_epoch(dataset):
@@ -98,12 +103,12 @@ def test_uniform_boxes_give_the_same_data_through_both_paths(tmp_path, box, opti
     ld = loader(ds, **{"dim": (16, 24), **options})
     assert not ld.feed.spec.ragged and ld.feed.box() == box
     assert_dataset_matches_loader(ld)
+    assert_dataset_matches_loader(ld.shard(0, 1), plugin=True)
 
 
-def test_dataset_is_the_dali_dataset_itself_with_an_open_batch_dimension(dataset):
+def test_dataset_has_an_open_batch_dimension_and_a_smaller_last_batch(dataset):
     ld = loader(dataset, batch_size=4)
     ds = ld.dataset()
-    assert type(ds).__name__ == "_DALIDatasetWithInputsImpl" or "DALIDataset" in type(ds).__name__
     assert ds.element_spec[0].shape[0] is None and ds.element_spec[1].shape.as_list() == [None]
     sizes = [len(x) for x, _ in ds.take(len(ld)).as_numpy_iterator()]
     assert sizes == list(ld.batch_sizes) and sizes[-1] < 4, "the last batch is smaller, not padded"
@@ -126,29 +131,34 @@ def test_as_pydataset_lets_keras_fit_run_the_numpy_path_epoch_after_epoch(datase
     np.testing.assert_array_equal(data[1][0], ld[1][0])
 
 
-class RecordingLoader(SequenceDataLoader):
-    """A loader that notes the tile_ids of every batch read while ``fit_epoch`` is set."""
-
-    fit_epoch = None
-
-    def __getitem__(self, index):
-        if self.fit_epoch is not None:
-            self.read.setdefault(self.fit_epoch, []).append(list(self.tile_ids(index)))
-        return super().__getitem__(index)
-
-
-def fit_reads(ds, epochs: int, **fit_and_start) -> dict:
+def fit_reads(ds, monkeypatch, epochs: int, **fit_and_start) -> dict:
     """{fit's epoch: the tile_ids of each batch it read} of model.fit over a fresh loader's PyDataset
-    (with shuffle=False: Keras would otherwise read the batches of an epoch in its own random order)."""
+    (with shuffle=False: Keras would otherwise read the batches of an epoch in its own random order);
+    each batch read is checked against the loader's own batch of that epoch."""
     keras = pytest.importorskip("keras")
-    ld = RecordingLoader(YEARS, ds.table, ds.image_dir, device="cpu", batch_size=4, dim=(8, 8))
-    ld.read = {}
+    from dalidw.keras_adapter import FeedBatches
+
+    ld = loader(ds, batch_size=4, dim=(8, 8))
+    check = loader(ds, batch_size=4, dim=(8, 8))
+    reads: dict = {}
+    fit_epoch = [None]
+    real = FeedBatches.__getitem__
+
+    def recording(self, index):
+        x, y = real(self, index)
+        if fit_epoch[0] is not None:
+            reads.setdefault(fit_epoch[0], []).append(list(ld.table.tile_ids[ld.feed.positions(self.epoch, index)]))
+            check.epoch = self.epoch
+            np.testing.assert_array_equal(np.asarray(x), check[index][0])
+        return x, y
+
+    monkeypatch.setattr(FeedBatches, "__getitem__", recording)
     start = {"start_epoch": fit_and_start.pop("start_epoch")} if "start_epoch" in fit_and_start else {}
     model = keras.Sequential([keras.Input((len(YEARS), 8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    mark = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(ld, "fit_epoch", epoch))
+    mark = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: fit_epoch.__setitem__(0, epoch))
     model.fit(ld.as_pydataset(**start), epochs=epochs, callbacks=[mark], shuffle=False, verbose=0, **fit_and_start)
-    return ld.read
+    return reads
 
 
 def epoch_tile_ids(ds, epoch: int) -> list:
@@ -159,13 +169,13 @@ def epoch_tile_ids(ds, epoch: int) -> list:
     return [list(ld.tile_ids(i)) for i in range(len(ld))]
 
 
-def test_fit_epoch_k_on_a_pydataset_reads_the_loaders_epoch_k(dataset):
-    reads = fit_reads(dataset, epochs=3)
+def test_fit_epoch_k_on_a_pydataset_reads_the_loaders_epoch_k(dataset, monkeypatch):
+    reads = fit_reads(dataset, monkeypatch, epochs=3)
     assert reads == {k: epoch_tile_ids(dataset, k) for k in range(3)}
 
 
-def test_fit_resumed_at_epoch_k_reads_the_epochs_of_an_uninterrupted_fit(dataset):
-    reads = fit_reads(dataset, epochs=4, initial_epoch=2, start_epoch=2)
+def test_fit_resumed_at_epoch_k_reads_the_epochs_of_an_uninterrupted_fit(dataset, monkeypatch):
+    reads = fit_reads(dataset, monkeypatch, epochs=4, initial_epoch=2, start_epoch=2)
     assert reads == {2: epoch_tile_ids(dataset, 2), 3: epoch_tile_ids(dataset, 3)}
     assert epoch_tile_ids(dataset, 2) != epoch_tile_ids(dataset, 0), "the epochs differ, so the test can tell"
 

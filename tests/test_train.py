@@ -111,3 +111,4 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(ValueError, match="Expected checkpoint.keras and checkpoint.json of an earlier run in"):
         dalidw.train.train(ds.table, ds.image_dir, YEARS, str(tmp_path / "empty"), epochs=2, device="cpu",
                            resume=True)
+
