@@ -172,6 +172,16 @@ class BatchFeed:
         """The CUDA stream device frames are cut on, or None."""
         return self.device_store.stream if self.frames_on_device else None
 
+    @property
+    def regions(self) -> np.ndarray:
+        """int64 (N,) the region (column of the image set) of each tile of the table."""
+        return self.store.layout.regions
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of region tiles held where the frames are cut: on the GPU, else in the host cache."""
+        return (self.device_store if self.frames_on_device else self.store).cache.nbytes
+
     def positions(self, epoch: int, index: int) -> np.ndarray:
         """int64 (b,) table positions of batch ``index`` of ``epoch``, in the order of its x and y."""
         return self.order.positions(epoch, index)

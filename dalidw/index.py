@@ -118,6 +118,8 @@ def target_columns(target: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(target, str):
         return () if target == LAST_IMAGE else (target,)
     names = tuple(target)
+    if len(set(names)) != len(names):
+        raise OptionError(f"Expected `target` to name each column once. Received: target={shown(target)}")
     if not names or not all(isinstance(n, str) for n in names):
         raise OptionError(
             "Expected `target` to be a column name, a non-empty list of column names or "

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dalidw import DataError, SequenceDataLoader, parse_box
+from dalidw import DataError, OptionError, SequenceDataLoader, parse_box
 from dalidw.cli import main
 from dalidw.index import build_table
 
@@ -67,6 +67,12 @@ def test_wide_format_is_one_row_per_tile_with_several_targets():
     table = build_table(frame, [2020], ["t1", "t2"])
     assert table.targets.tolist() == [[1.0, 3.0], [2.0, 4.0]]
     assert table.target_names == ("t1", "t2")
+
+
+def test_a_target_column_named_twice_is_refused():
+    frame = pd.DataFrame({"tile_id": ["a"], "region_id": [3], "t1": [1.0], "region_coordinates": [(0, 0, 5, 5)]})
+    with pytest.raises(OptionError, match=r"to name each column once. Received: target=\['t1', 't1'\]"):
+        build_table(frame, [2020], ["t1", "t1"])
 
 
 def test_last_image_needs_no_target_column():
