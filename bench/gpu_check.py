@@ -648,6 +648,13 @@ def part_c(device: str, scratch: str) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------------
 
+def card_name() -> str:
+    """The name of GPU 0, as CUDA gives it."""
+    import cupy as cp
+
+    return cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
 def summarize(summary: dict) -> dict:
     """The headline figures of a run (None where a section did not give them)."""
     speed, large, fit = summary.get("graph_speed", {}), summary.get("large_regions", {}), summary.get("training", {})
@@ -698,9 +705,7 @@ def main() -> int:
         device = "cpu"
     elif gpus:
         device = "gpu"
-        import cupy as cp
-
-        summary["card"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        summary["card"] = guarded(card_name)
     else:
         summary["skipped"] = "no GPU that DALI sees: nothing measured (run with --self-test to check on the CPU)"
         return report(summary, args.out, ok=True)

@@ -69,12 +69,14 @@ def share_tensorflow_gpu(tf) -> None:
     """
     taken = []
     for gpu in tf.config.list_physical_devices("GPU"):
+        if tf.config.get_logical_device_configuration(gpu):  # a memory limit (virtual devices): the user's budget
+            continue
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # TensorFlow's error: this GPU is initialized, its settings are fixed
             grows = tf.config.experimental.get_memory_growth(gpu) or \
                 os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH", "").lower() == "true"
-            if not grows and not tf.config.get_logical_device_configuration(gpu):
+            if not grows:
                 taken.append(gpu.name)
     if taken:
         raise DeviceUnavailableError(

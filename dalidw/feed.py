@@ -18,9 +18,10 @@ with B-1 and 1 instead).
 ``batch_size`` is the global batch and each replica's shard has batches of ``batch_size // R``,
 which must divide evenly.
 
-The feed also chooses where a batch's frames are cut: on a GPU with the regions resident there
-(:class:`regions.DeviceRegionStore`), on the device into the caller's device buffer; everywhere
-else on the host (:class:`regions.RegionStore`). Either way they are one contiguous buffer.
+The feed also chooses how a batch's frames reach DALI: on the CPU as each tile's own array (a block
+row of the region store, no copy); on a GPU with the regions resident there
+(:class:`regions.DeviceRegionStore`) cut on the device into one contiguous device buffer; for
+DALI's TensorFlow plugin cut on the host into one contiguous host buffer.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .pipeline import (
     feed_batch,
     sample_list,
 )
-from .regions import DeviceRegionStore, RegionStore
+from .regions import DeviceRegionStore, RegionStore, import_cupy
 
 
 def per_replica_batch(batch_size: int, replicas: int) -> int:
@@ -110,14 +111,17 @@ def graph_threads(device: str, num_threads: int, user_threads: int | None) -> in
 def device_store(store: RegionStore, device: str, device_id: int | None,
                  cache_bytes: int | None) -> DeviceRegionStore | None:
     """The GPU region store of a graph on ``device``, or None: on the CPU, or (with a warning)
-    where CuPy is missing, the frames then cut on the host and copied over by DALI."""
+    where CuPy is missing or cannot use the GPU, the frames then cut on the host and copied over by DALI."""
     if device != "gpu":
         return None
     try:
         return DeviceRegionStore(store, device_id, cache_bytes)
     except ImportError as err:
         warn(f"dalidw: {err}. Until then the frames are cut on the host and copied to the GPU batch by batch.")
-        return None
+    except RuntimeError as err:  # CuPy's CUDARuntimeError: it imports but cannot use the GPU (driver, toolkit)
+        warn(f"dalidw: CuPy cannot use GPU {device_id} ({type(err).__name__}: {err}); the frames are cut on the "
+             "host and copied to the GPU batch by batch.")
+    return None
 
 
 class BatchFeed:
@@ -209,7 +213,8 @@ class BatchFeed:
         is on that GPU, else a new one; on the host with ``host_frames``, as TensorFlow's plugin
         needs, or where CuPy is missing)."""
         device = self.spec.device if device is None else device
-        device_id = (self.spec.device_id if device == self.spec.device else None) if device_id is None else device_id
+        if device_id is None:
+            device_id = self.spec.device_id if device == self.spec.device else (0 if device == "gpu" else None)
         if device == "cpu" or host_frames:
             on_device = None
         elif self.device_store is not None and self.device_store.device_id == device_id:
@@ -232,20 +237,20 @@ class BatchFeed:
                          user_threads=self.user_threads, errors=self._errors)
 
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,
-                  device_id: int | None) -> BatchFeed:
+                  device_id: int | None, host_frames: bool = False) -> BatchFeed:
         """The feed of shard ``shard_id`` of ``num_shards`` of this feed, its graph on ``device``
         (see :meth:`moved`). The caller checks first, before it resolves a device or builds
         anything: :meth:`check_unsharded` and ``options.check_shard``."""
         order = self.order.for_shard(shard_id, num_shards, batch_size=batch_size)
-        return self.moved(order=order, batch_size=batch_size, device=device, device_id=device_id)
+        return self.moved(order=order, batch_size=batch_size, device=device, device_id=device_id,
+                          host_frames=host_frames)
 
     def new_frames(self, batch: int, *, host: bool = False) -> Any:
         """An empty "frames" buffer for ``batch`` samples: a CuPy array where the frames are cut on the
         GPU (:attr:`frames_on_device`, unless ``host``), else a NumPy array."""
         shape, dtype = self.spec.frames_shape(batch), self.store.dtype
         if self.frames_on_device and not host:
-            import cupy
-
+            cupy = import_cupy()
             with cupy.cuda.Device(self.device_store.device_id), self.device_store.stream:
                 return cupy.empty(shape, dtype)
         return np.empty(shape, dtype)
@@ -303,8 +308,8 @@ class BatchFeed:
         Into ``out`` where given: cut on the GPU from the resident regions (queued on
         :attr:`stream`) for a CuPy ``out``, on the host for a NumPy one; (b, T, h, w, C), padded to
         the largest box where boxes differ. Without ``out``: on the CPU, a DALI tensor list of each
-        tile's own frames (no pixel copied: block rows of the region store); on the GPU, a new
-        buffer cut as above.
+        tile's own frames (block rows of the region store, not copied; a tile of a region kept as its
+        stack is copied out of it); on the GPU, a new buffer cut as above.
 
         Raises:
             DataError: as :meth:`inputs_at`.

@@ -70,7 +70,7 @@ class SourceDataset(keras.utils.PyDataset):
     fit it is at the next epoch.
     """
 
-    def __init__(self, source: BatchSource, start_epoch: int = 0, loader: Any = None):
+    def __init__(self, source: BatchSource, *, start_epoch: int = 0, loader: Any = None):
         super().__init__(workers=1, use_multiprocessing=False)
         self.source = source
         self.loader = loader

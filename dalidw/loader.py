@@ -64,9 +64,9 @@ class SequenceDataLoader:
     """Batches of tile sequences cut from per-label region images, decoded and resized by DALI.
 
     ``loader[i]`` is batch i of the current epoch as numpy (x, y); ``loader.dataset()`` feeds the
-    same batches to ``model.fit`` through DALI's TensorFlow dataset. Each option is described, in
-    the order of this signature, in the README's "Parameters" table; each method in its "What you
-    get" table.
+    same batches to TensorFlow's ``model.fit``, ``loader.as_pydataset()`` to Keras on any backend.
+    Each option is described, in the order of this signature, in the "Parameters" table of
+    docs/loader.md; each method in its "What you get" table.
 
     Raises:
         DataError: the table or the images have problems (all of them are listed).
@@ -289,8 +289,9 @@ class SequenceDataLoader:
         return x[0], y[0]
 
     def dataset(self, *, start_epoch: int = 0):
-        """A repeating ``tf.data.Dataset`` of (x, y), DALI's dataset its last node: its epoch e (from
-        ``start_epoch``) is ``loader[i]`` after e calls of ``on_epoch_end()``. Give fit ``steps_per_epoch``."""
+        """A repeating ``tf.data.Dataset`` of (x, y) (on the CPU DALI's batches shared through DLPack,
+        on the GPU DALI's TensorFlow dataset): its epoch e (from ``start_epoch``) is ``loader[i]``
+        after e calls of ``on_epoch_end()``. Give fit ``steps_per_epoch``."""
         from .tf import make_dataset
 
         return make_dataset(self.feed, start_epoch=check_epoch(start_epoch), device_fixed=self._setup.device_fixed)
@@ -311,7 +312,7 @@ class SequenceDataLoader:
         from .keras_adapter import FeedBatches, SourceDataset
 
         batches = FeedBatches(self.feed, backend or keras.backend.backend())
-        return SourceDataset(batches, check_epoch(start_epoch), loader=self)
+        return SourceDataset(batches, start_epoch=check_epoch(start_epoch), loader=self)
 
     def shard(self, shard_id: int, num_shards: int, *, batch_size: int | None = None,
               device: str | None = None) -> SequenceDataLoader:

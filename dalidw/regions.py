@@ -221,9 +221,7 @@ def _like(out: Any, index: np.ndarray) -> Any:
     """``index`` as an index array of ``out``'s library (NumPy, or CuPy on the device)."""
     if isinstance(out, np.ndarray):
         return index
-    import cupy
-
-    return cupy.asarray(index)
+    return import_cupy().asarray(index)
 
 
 class RegionStore:
@@ -376,17 +374,20 @@ class DeviceRegionStore:
             return cut_frames(self.host.layout, tiles, positions, out)
 
     def _upload(self, tiles: RegionTiles) -> RegionTiles:
-        """``tiles`` copied to the device; on an out-of-memory error the cache shrinks to half, with a
-        warning naming the region, and the copy is tried once more."""
+        """``tiles`` copied to the device; on an out-of-memory error the cache shrinks to half of what it
+        holds (with a warning naming the region), CuPy's pool lets its free blocks go, and the copy is
+        tried once more."""
         cp = import_cupy()
         try:
             return tiles.map(cp.asarray)
         except cp.cuda.memory.OutOfMemoryError:
             path = str(self.host.images.paths[0, tiles.region])
-            shrunk = self.cache.nbytes // 2
-            warn(f"dalidw: the GPU ran out of memory while uploading the region of {path} ({tiles.nbytes} bytes); "
-                 f"the device cache shrinks from {self.cache.max_bytes} to {shrunk} bytes (device_cache_bytes).")
-            self.cache.shrink(shrunk)
+            if self.cache.nbytes:  # make room: half of what is resident goes
+                shrunk = self.cache.nbytes // 2
+                warn(f"dalidw: the GPU ran out of memory while uploading the region of {path} ({tiles.nbytes} "
+                     f"bytes); the device cache shrinks from {self.cache.max_bytes} to {shrunk} bytes "
+                     "(device_cache_bytes).")
+                self.cache.shrink(shrunk)
             cp.get_default_memory_pool().free_all_blocks()
             try:
                 return tiles.map(cp.asarray)

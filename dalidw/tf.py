@@ -15,6 +15,7 @@ partial last batch is simply smaller.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -100,15 +101,17 @@ def make_dataset(feed: BatchFeed, *, start_epoch: int = 0, placement: str | None
 def _host_dataset(tf, feed: BatchFeed, start_epoch: int):
     """The CPU graph's batches, step k from ``RunAhead``, as TensorFlow tensors that share DALI's
     output buffers (DLPack). One ``RunAhead`` per dataset, made on the first element; a new
-    iterator of the dataset starts at step 0, which the runner follows by starting over. The
-    Python function runs only when an element is asked for."""
+    iterator of the dataset starts at step 0, which the runner follows by starting over (iterators
+    read it in turn, under a lock). The Python function runs only when an element is asked for."""
     runners: list[RunAhead] = []
+    lock = threading.Lock()  # two iterators of the dataset may ask from two TensorFlow threads
     x_shape, y_shape = feed.spec.output_shapes()
 
     def batch(step):
-        if not runners:
-            runners.append(RunAhead(feed, start_epoch=start_epoch))
-        x, y = runners[0](int(step))
+        with lock:
+            if not runners:
+                runners.append(RunAhead(feed, start_epoch=start_epoch))
+            x, y = runners[0](int(step))
         return _from_dali(tf, x), _from_dali(tf, y)
 
     def element(step):
@@ -195,7 +198,7 @@ def distribute(feed: BatchFeed, strategy, *, start_epoch: int = 0, device_fixed:
     def shard_dataset(context):
         kind, device_id, placement = placements[context.input_pipeline_id if mirrored else 0]
         part = feed.for_shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica,
-                              device=kind, device_id=device_id)
+                              device=kind, device_id=device_id, host_frames=True)  # the plugin's host inputs
         with tf.device(placement):
             return make_dataset(part, start_epoch=start_epoch, placement=placement, device_fixed=device_fixed)
 

@@ -404,13 +404,14 @@ def _drop_log_rows_from(log_path: str, epoch: int) -> None:
 @contextlib.contextmanager
 def _input_errors(*loaders: SequenceDataLoader):
     """Re-raise a DataError (a DecodeError, say) that one of ``loaders`` raised inside TensorFlow's
-    input pipeline as itself, in place of the TensorFlow error that wraps it."""
+    input pipeline during the block as itself, in place of the TensorFlow error that wraps it."""
+    before = [ld.last_error for ld in loaders]
     try:
         yield
     except DataError:
         raise
     except Exception:
-        cause = next((ld.last_error for ld in loaders if ld.last_error is not None), None)
+        cause = next((ld.last_error for ld, old in zip(loaders, before) if ld.last_error is not old), None)
         if cause is None:
             raise
         raise cause from None

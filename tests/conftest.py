@@ -10,6 +10,11 @@ import pandas as pd
 import pytest
 import tifffile
 
+# On a GPU machine the tests share the GPU between TensorFlow, JAX, DALI and CuPy in one process:
+# neither framework may take the GPU's memory up front (set before either starts).
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 YEARS = [2016, 2017, 2018]
 
 #: TIFF layouts exercised by the tests: tifffile write options.

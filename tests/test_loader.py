@@ -362,3 +362,46 @@ def test_the_cut_the_gpu_runs_gives_the_host_cuts_frames(tmp_path):
             mine = store.layout.regions[positions] == region
             kept.cut(store.layout, positions[mine], slots[mine], grouped)
         np.testing.assert_array_equal(grouped, host)
+
+
+class FakeTensorFlowConfig:
+    """Just enough of ``tf.config`` for ``share_tensorflow_gpu``: one GPU, initialized or not, with a
+    memory limit or not."""
+
+    def __init__(self, initialized: bool, limit: bool, growth: bool = False):
+        self.initialized, self.limit, self.growth = initialized, limit, growth
+        self.experimental = self
+
+    def list_physical_devices(self, kind):
+        return [type("Gpu", (), {"name": "/physical_device:GPU:0"})()]
+
+    def get_logical_device_configuration(self, gpu):
+        return ["limit"] if self.limit else None
+
+    def set_memory_growth(self, gpu, on):
+        if self.limit:
+            raise ValueError("Cannot set memory growth on device when virtual devices configured")
+        if self.initialized:
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+        self.growth = on
+
+    def get_memory_growth(self, gpu):
+        return self.growth
+
+
+def test_tensorflow_gives_the_gpu_to_share_or_says_what_to_call_first(monkeypatch):
+    from types import SimpleNamespace
+
+    from dalidw.devices import share_tensorflow_gpu
+
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH", raising=False)
+    fresh = FakeTensorFlowConfig(initialized=False, limit=False)
+    share_tensorflow_gpu(SimpleNamespace(config=fresh))
+    assert fresh.growth, "memory growth is switched on before TensorFlow takes the GPU"
+    share_tensorflow_gpu(SimpleNamespace(config=FakeTensorFlowConfig(initialized=True, limit=True)))  # a budget
+    share_tensorflow_gpu(SimpleNamespace(config=FakeTensorFlowConfig(initialized=True, limit=False, growth=True)))
+    with pytest.raises(DeviceUnavailableError, match=r"TensorFlow already holds the memory of .*GPU:0.*Build the "
+                                                     r"loader first"):
+        share_tensorflow_gpu(SimpleNamespace(config=FakeTensorFlowConfig(initialized=True, limit=False)))
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    share_tensorflow_gpu(SimpleNamespace(config=FakeTensorFlowConfig(initialized=True, limit=False)))
