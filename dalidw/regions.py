@@ -193,17 +193,34 @@ class RegionTiles:
                 out[where, :, : block.shape[2], : block.shape[3]] = block[rows]
 
 
+def tile_frames(layout: TileLayout, tiles: dict[int, RegionTiles], positions: np.ndarray) -> list[np.ndarray]:
+    """The (T, h, w, C) frames of each tile at table ``positions``, from ``tiles`` (region -> its
+    tiles, every region of the batch; host arrays), each one contiguous array: a row of its block (a
+    view, no copy) or, for a region kept as its stack, a copy of its box."""
+    out = []
+    for position, region, group, row in zip(positions.tolist(), layout.regions[positions].tolist(),
+                                            layout.group[positions].tolist(), layout.row[positions].tolist()):
+        kept = tiles[region]
+        if kept.blocks is not None:
+            out.append(kept.blocks[group][row])
+        else:
+            x0, y0, x1, y1 = layout.boxes[position].tolist()
+            out.append(np.ascontiguousarray(kept.stack[:, y0:y1, x0:x1]))
+    return out
+
+
 def cut_frames(layout: TileLayout, tiles: dict[int, RegionTiles], positions: np.ndarray, out: Any) -> Any:
     """Fill ``out`` (b, T, H, W, C), b = len(positions), with the frames of the tiles at table
     ``positions`` from ``tiles`` (region -> its tiles, every region of the batch), slot i for tile
-    ``positions[i]``. Where the boxes of a batch of one box size come from blocks, the copies are
-    views stacked in one call (one copy per tile's frames). Returns ``out``."""
+    ``positions[i]``. On the host, where every box has the frame size of ``out`` and comes from a
+    block, each tile's block row is copied into its slot whole (one contiguous copy per tile: 0.7 ms
+    for 256 tiles of 7x40x45x3 on a 2-core machine); elsewhere each region gathers its own tiles
+    (the code the GPU runs). Returns ``out``."""
     regions = layout.regions[positions]
     if isinstance(out, np.ndarray) and all(t.blocks is not None for t in tiles.values()) \
             and _one_size(layout, positions, out):
-        rows = zip(regions.tolist(), layout.group[positions].tolist(), layout.row[positions].tolist())
-        for slot, (region, group, row) in enumerate(rows):  # one memcpy per tile: faster than np.stack's
-            out[slot] = tiles[region].blocks[group][row]
+        for slot, frames in enumerate(tile_frames(layout, tiles, positions)):  # faster than np.stack's copy
+            out[slot] = frames
         return out
     slots = np.arange(len(positions))
     for region in np.unique(regions).tolist():
@@ -281,20 +298,9 @@ class RegionStore:
         return cut_frames(self.layout, self.tiles(self.layout.regions[positions]), positions, out)
 
     def frames_of(self, positions: np.ndarray) -> list[np.ndarray]:
-        """The (T, h, w, C) frames of each tile at table ``positions``, each one contiguous array: a
-        row of its block (a view, no copy) or, for a region kept as its stack, a copy of its box."""
-        layout = self.layout
-        tiles = self.tiles(layout.regions[positions])
-        out = []
-        for position, region, group, row in zip(positions.tolist(), layout.regions[positions].tolist(),
-                                                layout.group[positions].tolist(), layout.row[positions].tolist()):
-            kept = tiles[region]
-            if kept.blocks is not None:
-                out.append(kept.blocks[group][row])
-            else:
-                x0, y0, x1, y1 = layout.boxes[position].tolist()
-                out.append(np.ascontiguousarray(kept.stack[:, y0:y1, x0:x1]))
-        return out
+        """The frames of each tile at table ``positions`` as its own contiguous array (see
+        :func:`tile_frames`)."""
+        return tile_frames(self.layout, self.tiles(self.layout.regions[positions]), positions)
 
     def _decode(self, region: int) -> np.ndarray:
         labels = range(self.images.paths.shape[0])
