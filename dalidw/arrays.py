@@ -26,7 +26,12 @@ BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 GPU_INSTALL = {
     "jax": "pip install 'jax[cuda12]' (or 'jax[cuda13]' for CUDA 13 drivers)",
     "torch": "pip install torch (a CUDA build, from pytorch.org)",
-    "tensorflow": "pip install 'tensorflow[and-cuda]>=2.20,<2.22'",
+}
+#: What to install for each backend where it is missing.
+INSTALL = {
+    "jax": f"pip install 'dalidw[jax]' (jax[cpu]; on a GPU: {GPU_INSTALL['jax']})",
+    "torch": "pip install torch",
+    "tensorflow": "pip install 'tensorflow>=2.20,<2.22'",
 }
 
 
@@ -40,9 +45,7 @@ def check_backend(name: str) -> str:
         raise OptionError(f"Expected a Keras backend in {list(BACKENDS)}. Received: {name!r}")
     package = {"numpy": "numpy"}.get(name, name)
     if importlib.util.find_spec(package) is None:
-        install = {"jax": "pip install 'dalidw[jax]' (jax[cpu]; on a GPU: " + GPU_INSTALL["jax"] + ")",
-                   "torch": "pip install torch", "tensorflow": "pip install 'tensorflow>=2.20,<2.22'"}[name]
-        raise OptionError(f"The Keras backend {name!r} is not installed: {install}")
+        raise OptionError(f"The Keras backend {name!r} is not installed: {INSTALL[name]}")
     return name
 
 

@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read regions whose images differ in size across labels (frames resampled on "
                             "purpose): each box in each label's own pixels")
 
+    def device_arg(p):
+        p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
+                                                        "(default: %(default)s)")
+
     def backend_arg(p):
         p.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                        help="the Keras backend to train with (default: $KERAS_BACKEND, else tensorflow); jax and "
@@ -416,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="sample.png", help="the PNG to write (default: %(default)s)")
     p.add_argument("--dim", type=parse_dim, default=(64, 64), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
                                                                    "(default: 64x64)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
-                                                    "(default: %(default)s)")
+    device_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=16, help="with --batch: tiles per batch "
                                                                        "(default: %(default)s)")
     p.add_argument("--rows", type=positive_int, default=8, help="with --batch: at most this many tiles drawn "
@@ -441,8 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "global batch (default: %(default)s)")
     p.add_argument("--dim", type=parse_dim, default=(32, 32), help="frame HEIGHTxWIDTH in pixels, or one SIZE "
                                                                    "(default: 32x32)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
-                                                    "(default: %(default)s)")
+    device_arg(p)
     p.add_argument("--out", default="dalidw-train", help="folder for the model, log.csv, loss.png and the "
                                                          "checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the loader's random_seed, Keras's random seed and the "
@@ -460,8 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth, check, train a few epochs and show a sample")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs to train (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (the GPU where DALI sees one), cpu, gpu or gpu:N "
-                                                    "(default: %(default)s)")
+    device_arg(p)
     p.add_argument("--out", default="demo-out", help="folder for the model, log.csv, loss.png, sample.png and "
                                                      "the checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the data and the training follow from it "

@@ -225,15 +225,18 @@ class BatchFeed:
             self.spec, batch_size=self.spec.batch_size if batch_size is None else batch_size, device=device,
             device_id=device_id, num_threads=graph_threads(device, self.cores, self.user_threads),
             frames_from_host=device == "gpu" and on_device is None)
-        return BatchFeed(self.table, order or self.order, self.store, spec, device_store=on_device,
-                         device_cache_bytes=self.device_cache_bytes, cores=self.cores,
-                         user_threads=self.user_threads, errors=self._errors)
+        return self._derived(order or self.order, spec, on_device)
 
     def with_graph(self, **changes: Any) -> BatchFeed:
         """This feed (sharing everything, the device store too) with graph spec fields changed: for
         tools that compare variants of the graph, e.g. ``resize_minibatch``."""
-        return BatchFeed(self.table, self.order, self.store, dataclasses.replace(self.spec, **changes),
-                         device_store=self.device_store, device_cache_bytes=self.device_cache_bytes, cores=self.cores,
+        return self._derived(self.order, dataclasses.replace(self.spec, **changes), self.device_store)
+
+    def _derived(self, order: EpochOrder, spec: GraphSpec, on_device: DeviceRegionStore | None) -> BatchFeed:
+        """A feed of ``order``, ``spec`` and ``on_device`` sharing this one's table, host store, bounds,
+        threads and record of errors."""
+        return BatchFeed(self.table, order, self.store, spec, device_store=on_device,
+                         device_cache_bytes=self.device_cache_bytes, cores=self.cores,
                          user_threads=self.user_threads, errors=self._errors)
 
     def for_shard(self, shard_id: int, num_shards: int, *, batch_size: int, device: str,
