@@ -127,6 +127,11 @@ SETUPS = {
     "float32": ({"dtype": "float32", "bands": 2}, {"bands": [1, 0]}),
     "one-hot, augmented": ({"bands": 1, "classes": 5}, {"n_channels": 1, "num_classes": 5, "augment": True,
                                                         "dim": (24, 24)}),
+    # the same data as "one-hot, augmented" without augmentation, with flips only; augmentation alone
+    "one-hot": ({"bands": 1, "classes": 5, "seed": 5}, {"n_channels": 1, "num_classes": 5, "dim": (24, 24)}),
+    "one-hot, flips": ({"bands": 1, "classes": 5, "seed": 5}, {"n_channels": 1, "num_classes": 5, "augment": "flip",
+                                                               "dim": (24, 24)}),
+    "augmented": ({"seed": 0}, {"augment": True, "dim": (24, 24)}),
 }
 
 
@@ -159,23 +164,48 @@ def check_parity(device: str, scratch: str) -> dict:
     out = {}
     for k, (name, (data_options, options)) in enumerate(SETUPS.items()):
         root = os.path.join(scratch, f"setup{k}")
-        table = write_set(root, years=YEARS, seed=k, **data_options)
+        table = write_set(root, years=YEARS, **{"seed": k, **data_options})
         common = {"batch_size": 4, "dim": (20, 28), "random_seed": 5, **options}
         cpu = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device="cpu", **common)
         dev = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, **common)
-        run, worst, bound, ok = RunAhead(dev.feed), 0.0, ATOL, True
+        run, worst, bound, ok, misses = RunAhead(dev.feed), 0.0, ATOL, True, []
         for epoch in range(2):
             for index in range(len(cpu)):
                 cpu.epoch = dev.epoch = epoch  # the CPU loader's own batch of this epoch
                 ex, ey = cpu[index]
                 gx, gy = run(epoch * len(cpu) + index)
                 nx, ny = dev[index]  # the device loader's numpy path
-                for result in (compare(host(gx), ex), compare(host(gy), ey), compare(nx, ex), compare(ny, ey)):
+                pairs = {"run ahead x": (host(gx), ex), "run ahead y": (host(gy), ey), "numpy path x": (nx, ex),
+                         "numpy path y": (ny, ey)}
+                for path, (got, expected) in pairs.items():
+                    result = compare(got, expected)
                     ok &= result["ok"]
                     worst = max(worst, result.get("max_abs_diff", np.inf))
                     bound = max(bound, result.get("bound", ATOL))
+                    if not result["ok"] and len(misses) < 8:
+                        misses.append(miss(dev, epoch, index, path, got, expected, result["bound"]))
         out[name] = {"ok": bool(ok), "max_abs_diff": worst, "bound": bound, "batches": 2 * len(cpu)}
+        if misses:
+            out[name]["misses"] = misses
     return out
+
+
+def miss(loader, epoch: int, index: int, path: str, got: np.ndarray, expected: np.ndarray, bound: float) -> dict:
+    """Where a batch differs: per sample the pixels off by more than ``bound``, its box size and
+    the graph's augmentation flags for it."""
+    inputs = loader.feed.inputs(epoch, index)
+    positions = loader.feed.positions(epoch, index)
+    row = {"epoch": epoch, "batch": index, "path": path, "samples": []}
+    if got.shape != expected.shape:
+        row["why"] = f"shape {got.shape} != {expected.shape}"
+        return row
+    for i in range(len(got)):
+        off = np.abs(got[i].astype(np.float64) - expected[i]) > bound
+        row["samples"].append({"off": int(off.sum()), "of": int(off.size),
+                               "box_hw": loader.feed.store.layout.sizes[positions[i]].tolist(),
+                               **{flag: int(np.asarray(inputs[flag])[i]) for flag in ("transpose", "flip_h", "flip_v")
+                                  if flag in inputs}})
+    return row
 
 
 def check_placement(device: str, scratch: str) -> dict:
@@ -283,7 +313,7 @@ def resident_gib(feed) -> float:
     return feed.resident_bytes / 2**30
 
 
-def time_runahead(feed, *, batches: int, depth: int = 2, outputs_stream=None, device: str = "cpu") -> dict:
+def time_runahead(feed, *, batches: int, depth: int | None = None, outputs_stream=None, device: str = "cpu") -> dict:
     """Samples/s of ``feed``'s graph run ahead as training reads it (``RunAhead``), every region
     resident first: ``batches`` steps timed after an untimed first one (which allocates the graph's
     buffers). Also host cores busy meanwhile (process CPU time of every thread over wall time) and
@@ -294,7 +324,7 @@ def time_runahead(feed, *, batches: int, depth: int = 2, outputs_stream=None, de
         feed.frames(feed.positions(0, index))
     run = RunAhead(feed, start_epoch=1, depth=depth, outputs_stream=outputs_stream)
     run(0)
-    cpu0, start, samples = time.process_time(), time.perf_counter(), 0
+    cpu0, main0, start, samples = time.process_time(), time.thread_time(), time.perf_counter(), 0
     for step in range(1, batches + 1):
         x, _ = run(step)
         samples += len(x)
@@ -302,12 +332,35 @@ def time_runahead(feed, *, batches: int, depth: int = 2, outputs_stream=None, de
         import cupy as cp
 
         cp.cuda.runtime.deviceSynchronize()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    wall, cpu, main = time.perf_counter() - start, time.process_time() - cpu0, time.thread_time() - main0
     row = {"samples_per_s": samples / wall, "host_cores_busy": cpu / wall,
-           "cpu_s_per_1000_samples": 1000 * cpu / samples, "batches": batches, "batch": feed.spec.batch_size,
-           "depth": depth, "device_memory_gib": device_memory_gib(device), "resident_gib": resident_gib(feed)}
+           "cpu_s_per_1000_samples": 1000 * cpu / samples, "caller_thread_ms_per_batch": 1000 * main / batches,
+           "batches": batches, "batch": feed.spec.batch_size,
+           "depth": run.depth, "device_memory_gib": device_memory_gib(device), "resident_gib": resident_gib(feed)}
     del run
     return row
+
+
+def profile_runahead(feed, *, batches: int) -> dict:
+    """Where the caller's thread spends its time in ``batches`` steps of the feed's graph run ahead
+    (cProfile): the 25 functions of most own time, with their calls and seconds."""
+    import cProfile
+    import pstats
+
+    from dalidw.runahead import RunAhead
+
+    run = RunAhead(feed, start_epoch=1)
+    run(0)
+    profile = cProfile.Profile()
+    profile.enable()
+    for step in range(1, batches + 1):
+        run(step)
+    profile.disable()
+    stats = pstats.Stats(profile)
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:25]
+    return {"batches": batches, "total_s": stats.total_tt,
+            "by_own_time": [f"{tt:.4f}s own, {ct:.4f}s total, {nc} calls: {os.path.basename(file)}:{line} {name}"
+                            for (file, line, name), (_, nc, tt, ct, _) in rows]}
 
 
 def gather_resize(xp, stacks, regions, boxes, dim: tuple[int, int], gain: float):
@@ -442,11 +495,15 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
                            "output": [*feed.spec.dim, feed.spec.channels], "host_cores": os.cpu_count(),
                            "regions": 4, "tiles": len(feed.table)}}
     few = max(3, batches // 4)
+    other_depth = 2 if gpu else 3  # against the default, runahead.DEPTH
     rows = {
         "dalidw graph": lambda: time_runahead(feed, batches=batches, device=device),
         "dalidw graph, outputs on a CUDA stream": (lambda: time_runahead(feed, batches=batches, device=device,
                                                                          outputs_stream=stream)) if gpu else None,
-        "dalidw graph, 3 batches ahead": lambda: time_runahead(feed, batches=batches, depth=3, device=device),
+        f"dalidw graph, {other_depth} batches ahead": lambda: time_runahead(feed, batches=batches, depth=other_depth,
+                                                                           device=device),
+        "dalidw graph, resize minibatch 32 (DALI's default)": (lambda: time_runahead(
+            feed.with_graph(resize_minibatch=32), batches=batches, device=device)) if gpu else None,
         "dalidw graph, resize minibatch 256": (lambda: time_runahead(feed.with_graph(resize_minibatch=256),
                                                                      batches=batches, device=device)) if gpu else None,
         "dalidw graph, batch 1024": lambda: time_runahead(loader(batch=1024 if gpu else 64).feed, batches=few,
@@ -456,10 +513,13 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
         "dalidw graph, device cpu": (lambda: time_runahead(loader("cpu").feed, batches=max(3, batches // 10)))
         if gpu else None,
     }
+    # untimed: the first timed row of a run was the slowest (clocks and pools warming up)
+    guarded(lambda: time_runahead(feed, batches=few, device=device))
     for name, row in rows.items():
         if row is not None:
             out[name] = guarded(row)
             gc.collect()
+    out["profile of the caller's thread, dalidw graph"] = guarded(lambda: profile_runahead(feed, batches=batches))
     data = peer_data(feed, images)
     out["peer: array ops, regions resident"] = guarded(lambda: time_gather(feed, data, xp, batches=batches, sync=sync))
     if gpu:
@@ -579,31 +639,46 @@ def resident_dataset(batches: list):
     return Resident()
 
 
-def fit_timing(model_of, data, *, epochs: int) -> dict:
-    """``model.fit`` of a fresh model on ``data`` (a PyDataset) for one warm-up epoch and ``epochs``
-    timed ones: steps/s of the timed epochs, host cores busy meanwhile, the warm-up epoch's seconds,
-    and the first step of the partial last batch's shape (its compilation) against a steady step."""
+def fit_timing(model, fed, resident, *, rounds: int) -> dict:
+    """``model.fit`` of one compiled ``model`` for one warm-up epoch on ``fed`` (compiling each batch
+    shape, the partial last batch's too) and one on ``resident``, then ``rounds`` rounds of one epoch on ``fed`` (the
+    loader's PyDataset) and one on ``resident`` (the same batches, ready), alternating, so both see
+    the same compiled steps and the same machine state. Per side: steps/s, seconds per step (wall
+    over steps), the median step, host cores busy (process CPU time over wall time); the warm-up
+    epoch's seconds and its last (partial batch) step, compilation included."""
     import keras
 
     times: list[float] = []
     clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: times.append(time.perf_counter()),
                                            on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()))
-    model = model_of()
     start = time.perf_counter()
-    model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
-    warm = time.perf_counter() - start
-    steps_per_epoch = len(data)
-    first_epoch = np.diff(times)  # step durations of the warm-up epoch, compilations included
-    times.clear()
-    cpu0, start = time.process_time(), time.perf_counter()
-    model.fit(data, epochs=epochs, shuffle=False, verbose=0, callbacks=[clock])
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    steps = np.diff(times)
-    steady = float(np.median(steps[steps > 0])) if len(steps) else float("nan")
-    return {"steps_per_s": epochs * steps_per_epoch / wall, "step_s": wall / (epochs * steps_per_epoch),
-            "host_cores_busy": cpu / wall, "warm_up_epoch_s": warm, "steps_per_epoch": steps_per_epoch,
-            "partial_batch_first_step_s": float(first_epoch[-1]) if len(first_epoch) else None,
-            "steady_step_s": steady}
+    model.fit(fed, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+    out: dict = {"warm_up_epoch_s": time.perf_counter() - start,
+                 "partial_batch_first_step_s": float(np.diff(times)[-1]) if len(times) > 1 else None}
+    start = time.perf_counter()  # a compiled step that the resident arrays still needed shows here
+    model.fit(resident, epochs=1, shuffle=False, verbose=0)
+    out["resident_warm_up_epoch_s"] = time.perf_counter() - start
+    sides = {"fed_by_dalidw": fed, "resident_batches": resident}
+    wall = dict.fromkeys(sides, 0.0)
+    cpu = dict.fromkeys(sides, 0.0)
+    steps: dict = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side, data in sides.items():
+            times.clear()
+            cpu0, start = time.process_time(), time.perf_counter()
+            model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+            wall[side] += time.perf_counter() - start
+            cpu[side] += time.process_time() - cpu0
+            steps[side].extend(np.diff(times).tolist())
+    for side, data in sides.items():
+        n = rounds * len(data)
+        out[side] = {"steps_per_s": n / wall[side], "step_s": wall[side] / n, "steps": n,
+                     "median_step_s": float(np.median(steps[side])) if steps[side] else None,
+                     "host_cores_busy": cpu[side] / wall[side]}
+    out["input_overhead"] = out["fed_by_dalidw"]["step_s"] / out["resident_batches"]["step_s"] - 1
+    median = (out["fed_by_dalidw"]["median_step_s"], out["resident_batches"]["median_step_s"])
+    out["input_overhead_median_step"] = median[0] / median[1] - 1 if all(median) else None
+    return out
 
 
 def part_c(device: str, scratch: str) -> dict:
@@ -618,31 +693,81 @@ def part_c(device: str, scratch: str) -> dict:
     years = SPEED_YEARS if gpu else YEARS
     root = os.path.join(scratch, "fit")
     table = write_set(root, years=years, regions=4, size=(1024, 1024) if gpu else (128, 128), box=(40, 45),
-                      tiles=500 if gpu else 10)
+                      tiles=650 if gpu else 10)  # 2600 tiles: 10 batches of 256 and one of 40 an epoch
     batch, dim = (256, (64, 64)) if gpu else (8, (8, 8))
     loader = SequenceDataLoader(years, table, os.path.join(root, "Images"), dim=dim, batch_size=batch,
                                 device=device, random_seed=1)
     out = {"backend": keras.backend.backend(), "jax_devices": [str(d) for d in jax.devices()], "batch": batch,
            "frames": len(years), "dim": list(dim), "tiles": loader.n_tiles, "batch_sizes": loader.batch_sizes.tolist()}
-    epochs = 3 if gpu else 1
-    resident = [tuple(jax.device_put(np.asarray(a)) for a in loader[i]) for i in range(len(loader))]
-    models = {"default": 16, "large": 64} if gpu else {"default": 2, "large": 4}  # JAX on the CPU is slow
-    for model, filters in models.items():
-        def model_of(filters=filters):
-            keras.utils.set_random_seed(0)
-            net = build_model(len(years), dim, loader.n_channels, filters=filters)
-            net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-            return net
-
-        loader.epoch = 0
-        fed = fit_timing(model_of, loader.as_pydataset(backend="jax"), epochs=epochs)
-        ready = fit_timing(model_of, resident_dataset(resident), epochs=epochs)
-        out[model] = {"filters": filters, "fed_by_dalidw": fed, "resident_batches": ready,
-                      "input_overhead": fed["step_s"] / ready["step_s"] - 1}
-    x, _ = loader.as_pydataset(backend="jax")[0]
+    # every batch of an epoch held at once, as JAX arrays, then compared with the NumPy path's:
+    # a buffer of DALI's reused while JAX still holds it would show here
+    data = loader.as_pydataset(backend="jax")
+    held = [data[i] for i in range(len(data))]
+    x = held[0][0]
     out["batch_type"] = f"{type(x).__module__}.{type(x).__name__}"
     out["batch_device"] = str(next(iter(x.devices()))) if hasattr(x, "devices") else "host (NumPy)"
-    out["ok"] = all(np.isfinite(out[model]["input_overhead"]) for model in models)
+    loader.epoch = 0
+    out["held_batches"] = [compare(np.asarray(got), expected) for (got, _), (expected, _) in zip(held, loader)]
+    del held, data, x
+    # committed to the device, as the loader's arrays are (JAX compiles a step per placement kind)
+    resident = [tuple(jax.device_put(np.asarray(a), jax.devices()[0]) for a in loader[i]) for i in range(len(loader))]
+    models = {"default": 16, "large": 64} if gpu else {"default": 2, "large": 4}  # JAX on the CPU is slow
+    for model, filters in models.items():
+        keras.utils.set_random_seed(0)
+        net = build_model(len(years), dim, loader.n_channels, filters=filters)
+        net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        loader.epoch = 0
+        out[model] = {"filters": filters, **fit_timing(net, loader.as_pydataset(backend="jax"),
+                                                       resident_dataset(resident), rounds=3 if gpu else 1)}
+        out[model]["device_memory_gib"] = device_memory_gib(device)
+        del net
+        gc.collect()
+    out["ok"] = all(np.isfinite(out[model]["input_overhead"]) for model in models) \
+        and all(row["ok"] for row in out["held_batches"])
+    return out
+
+
+def cupy_smoke() -> dict:
+    """Without DALI: the device store's cut (CuPy) equals the host cut (NumPy), for a region kept as
+    blocks of one size, one of mixed sizes and one kept as its stack, with a padded output; and a
+    CuPy batch reaches JAX through DLPack on the same GPU where JAX is installed."""
+    import cupy as cp
+
+    from dalidw.regions import RegionTiles, TileLayout, cut_frames
+
+    rng = np.random.default_rng(0)
+    shapes = [(7, 600, 660, 3), (7, 600, 660, 3), (7, 200, 220, 3)]  # the last one is kept as its stack
+    stacks = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    regions, boxes = [], []
+    for region, n, sizes in ((0, 60, [(40, 45)]), (1, 40, [(40, 45), (30, 20)]), (2, 400, [(50, 60)])):
+        for k in range(n):
+            h, w = sizes[k % len(sizes)]
+            y, x = int(rng.integers(0, 200 - h)), int(rng.integers(0, 220 - w))  # inside every stack
+            regions.append(region)
+            boxes.append((x, y, x + w, y + h))
+    layout = TileLayout.plan(np.array(regions), np.array(boxes), [s.shape for s in stacks], 1)
+    host = {r: RegionTiles.from_stack(layout, r, stacks[r]) for r in range(3)}
+    device = {r: tiles.map(cp.asarray) for r, tiles in host.items()}
+    out: dict = {"as_blocks": list(layout.as_blocks)}
+    stream = cp.cuda.Stream(non_blocking=True)
+    for name, positions in (("one size", np.arange(0, 60)), ("every region", rng.permutation(len(regions))[:256])):
+        frame = layout.sizes[positions].max(axis=0)
+        expected = cut_frames(layout, host, positions, np.zeros((len(positions), 7, *frame, 3), np.uint8))
+        with stream:
+            got = cut_frames(layout, device, positions, cp.zeros((len(positions), 7, *frame, 3), cp.uint8))
+        stream.synchronize()
+        out[name] = {"equal": bool(np.array_equal(cp.asnumpy(got), expected)), "shape": list(expected.shape)}
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        batch = cp.arange(12, dtype=cp.float32).reshape(3, 4)
+        moved = jax.dlpack.from_dlpack(batch)
+        out["jax_dlpack"] = {"device": str(next(iter(moved.devices()))),
+                             "equal": bool(np.array_equal(np.asarray(jnp.asarray(moved)), cp.asnumpy(batch)))}
+    except ImportError:
+        out["jax_dlpack"] = {"skipped": "JAX not installed"}
+    out["ok"] = all(row.get("equal", True) for row in out.values() if isinstance(row, dict))
     return out
 
 
@@ -688,6 +813,10 @@ def main() -> int:
     parser.add_argument("--self-test", action="store_true", help="run the checks on the CPU (no GPU needed)")
     parser.add_argument("--out", default=None, help="also write the JSON summary here")
     parser.add_argument("--batches", type=int, default=None, help="batches timed (default: 200 GPU, 10 CPU)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated sections to run (default: all); the others are kept from --out")
+    parser.add_argument("--cupy-smoke", action="store_true",
+                        help="only check the device store's CuPy cut against the host's (needs CuPy, not DALI)")
     parser.add_argument("--part-c", default=None, help=argparse.SUPPRESS)  # the training part's own process
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
@@ -697,10 +826,17 @@ def main() -> int:
         write(result, args.part_c)
         return 0
 
+    if args.cupy_smoke:
+        result = guarded(cupy_smoke)
+        return report(result, args.out, ok=result.get("ok", False))
     from dalidw.devices import gpu_count
 
     gpus = gpu_count()
-    summary: dict = {"gpus_seen_by_dali": gpus}
+    summary: dict = {}
+    if args.only and args.out and os.path.isfile(args.out):  # the sections of an earlier run stay
+        with open(args.out) as f:
+            summary = json.load(f)
+    summary["gpus_seen_by_dali"] = gpus
     if args.self_test:
         device = "cpu"
     elif gpus:
@@ -722,7 +858,12 @@ def main() -> int:
         else (lambda: {"skipped": "self-test on the CPU"}),
         "training": lambda: check_training(device, scratch),
     }
-    summary["seconds"] = {}
+    if args.only:
+        unknown = set(args.only.split(",")) - set(sections)
+        if unknown:
+            parser.error(f"unknown section(s) {sorted(unknown)}; sections: {', '.join(sections)}")
+        sections = {name: run for name, run in sections.items() if name in args.only.split(",")}
+    summary.setdefault("seconds", {})
     with tempfile.TemporaryDirectory() as scratch:
         for name, section in sections.items():
             start = time.perf_counter()
@@ -739,10 +880,10 @@ def passed(summary: dict) -> bool:
     """Whether every check of ``summary`` passed: placement, every parity setup, every TIFF variant
     written, the TensorFlow and training parts where they ran, and every speed row (a section that
     raised has {"ok": False} at its top)."""
-    parity, variants, speed = summary["parity"], summary["tiff_variants"], summary["graph_speed"]
+    parity, variants, speed = (summary.get(name, {}) for name in ("parity", "tiff_variants", "graph_speed"))
     ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "tensorflow", "training")
     sections_ran = all(summary.get(name, {}).get("ok", True) for name in ran)
-    return bool(sections_ran and summary["placement"].get("ok", False)
+    return bool(sections_ran and summary.get("placement", {}).get("ok", False)
                 and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict))
                 and all(r.get("ok", False) for r in variants.values() if isinstance(r, dict) and "skipped" not in r)
                 and all(r.get("ok", True) for r in speed.values() if isinstance(r, dict)))

@@ -1,7 +1,7 @@
 """``model.fit(loader.as_pydataset())``: the loader as a Keras ``PyDataset`` on every Keras backend.
 
 Batch i of fit's k-th epoch is the loader's batch i of epoch ``start_epoch + k``, run by the DALI
-graph a few batches ahead (``runahead.RunAhead``) and handed over as arrays of the active backend
+graph a few batches ahead (``runahead.RunAhead``) on a thread of its own and handed over as arrays of the active backend
 on the graph's device without a copy (``arrays``): JAX and PyTorch get their arrays on the same
 GPU, every backend NumPy arrays from a graph on the CPU.
 """
@@ -14,6 +14,7 @@ import keras
 
 from .arrays import check_backend, converter
 from .feed import BatchFeed
+from .prefetch import Prefetch
 from .runahead import RunAhead
 
 
@@ -29,8 +30,9 @@ class BatchSource(Protocol):
 
 class FeedBatches:
     """Batch ``index`` of epoch ``epoch`` of a feed as arrays of a Keras ``backend``, the graph run
-    ahead over consecutive batches (and epochs). Asked in order (``fit(..., shuffle=False)``) no
-    batch waits on the host's share of the next.
+    ahead over consecutive batches (and epochs), and the host's share of each batch done on a
+    thread of its own (``prefetch.Prefetch``), so that asked in order (``fit(..., shuffle=False)``)
+    a batch is ready when the training step asks for it.
 
     Args:
         feed: the batch feed.
@@ -41,16 +43,21 @@ class FeedBatches:
         self.epoch = 0
         self.feed = feed
         self.convert = converter(check_backend(backend), feed.spec.device, feed.spec.device_id)
-        self._run: RunAhead | None = None
+        self._prefetch: Prefetch | None = None
 
     def __len__(self) -> int:
         return len(self.feed)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        if self._run is None:
-            self._run = RunAhead(self.feed)
-        x, y = self._run(self.epoch * len(self.feed) + int(index))
-        return self.convert(x), self.convert(y)
+        if self._prefetch is None:
+            run, convert = RunAhead(self.feed), self.convert
+
+            def make(step: int) -> tuple[Any, Any]:
+                x, y = run(step)
+                return convert(x), convert(y)
+
+            self._prefetch = Prefetch(make)
+        return self._prefetch(self.epoch * len(self.feed) + int(index))
 
 
 class SourceDataset(keras.utils.PyDataset):

@@ -25,8 +25,11 @@ from typing import Any
 from .feed import BatchFeed
 from .pipeline import build_pipeline, feed_batch
 
-#: Batches DALI holds ahead of the one asked for (its prefetch queue depth).
-DEPTH = 2
+#: Batches DALI holds ahead of the one asked for (its prefetch queue depth), by the graph's device.
+#: On an H200, 2 and 3 are within run-to-run noise (178,219 and 241,830 samples/s in one run,
+#: 191,787 and 182,571 in the next; bench/results/gpu-check-h200*.json); 3 costs one more output
+#: batch of device memory. On the CPU, DALI's threads already fill the cores at 2.
+DEPTH = {"cpu": 2, "gpu": 3}
 
 
 class RunAhead:
@@ -35,15 +38,18 @@ class RunAhead:
     Args:
         feed: the batch feed (its graph, device and order).
         start_epoch: the epoch of step 0.
-        depth: batches the graph works ahead (``prefetch_queue_depth``).
+        depth: batches the graph works ahead (``prefetch_queue_depth``); None: ``DEPTH`` of the
+            graph's device.
         outputs_stream: a CuPy stream to bind a GPU graph's outputs to (no host wait); None:
             host-synchronous outputs.
 
     Asking for steps out of sequence is allowed and correct, only slower: the graph starts over.
     """
 
-    def __init__(self, feed: BatchFeed, *, start_epoch: int = 0, depth: int = DEPTH, outputs_stream: Any = None):
-        self.feed, self.start_epoch, self.depth = feed, int(start_epoch), int(depth)
+    def __init__(self, feed: BatchFeed, *, start_epoch: int = 0, depth: int | None = None,
+                 outputs_stream: Any = None):
+        self.feed, self.start_epoch = feed, int(start_epoch)
+        self.depth = int(depth) if depth is not None else DEPTH[feed.spec.device]
         self.outputs_stream = outputs_stream
         # on the GPU each batch's frames go into a reused device buffer; on the CPU DALI reads the tiles' own arrays
         self._buffers = [feed.new_frames(feed.spec.batch_size) if feed.frames_on_device else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ import tifffile
 # neither framework may take the GPU's memory up front (set before either starts).
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Keras's default backend is TensorFlow; where only JAX is installed (a GPU machine without
+# TensorFlow), Keras runs on JAX
+if importlib.util.find_spec("tensorflow") is None:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
 
 YEARS = [2016, 2017, 2018]
 
@@ -141,9 +146,10 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def nearest_resize(image: np.ndarray, dim) -> np.ndarray:
-    """(h, w, C) -> (H, W, C) by nearest neighbour: output pixel o takes input floor((o + 0.5) * h / H)."""
-    rows = np.minimum(((np.arange(dim[0]) + 0.5) * image.shape[0] / dim[0]).astype(int), image.shape[0] - 1)
-    cols = np.minimum(((np.arange(dim[1]) + 0.5) * image.shape[1] / dim[1]).astype(int), image.shape[1] - 1)
+    """(h, w, C) -> (H, W, C) by nearest neighbour: output pixel o takes input floor((o + 0.5) * h / H),
+    in integers (exact where a centre falls on a pixel edge)."""
+    rows = (2 * np.arange(dim[0]) + 1) * image.shape[0] // (2 * dim[0])
+    cols = (2 * np.arange(dim[1]) + 1) * image.shape[1] // (2 * dim[1])
     return image[rows][:, cols]
 
 

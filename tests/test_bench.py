@@ -72,7 +72,7 @@ def test_gpu_check_self_test_runs_every_part_on_the_cpu_and_writes_its_summary(t
     summary = json.loads(out.read_text())
     assert summary["ok"] and summary["device"] == "cpu"
     assert summary["placement"]["ok"] and any("Resize" in op for op in summary["placement"]["operators"])
-    assert len(summary["parity"]) == 6
+    assert len(summary["parity"]) == 9
     for name, result in summary["parity"].items():
         assert result["ok"] and result["max_abs_diff"] <= 1e-5 and result["batches"] > 0, name
     assert summary["tiff_variants"]["uint8 RGB, deflate, tiled"] == {"ok": True, "decoded_by": "DALI cpu"}
@@ -88,6 +88,7 @@ def test_gpu_check_self_test_runs_every_part_on_the_cpu_and_writes_its_summary(t
     training = summary["training"]
     if "skipped" not in training:  # Keras on JAX: the loader's share of a training step, on the CPU
         assert training["backend"] == "jax" and training["ok"], training
+        assert training["held_batches"] and all(row["ok"] for row in training["held_batches"])
         for model in ("default", "large"):
             row = training[model]
             assert row["fed_by_dalidw"]["steps_per_s"] > 0 and row["resident_batches"]["steps_per_s"] > 0

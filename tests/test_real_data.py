@@ -91,6 +91,19 @@ def test_nearest_never_invents_a_class_id(tmp_path):
     assert not np.array_equal(linear, np.round(linear)), "linear resizing of a class map blends ids"
 
 
+@pytest.mark.parametrize("tile_size, dim", [((16, 48), (24, 24)), ((48, 36), (24, 24)), ((30, 50), (20, 20))])
+def test_nearest_takes_the_exact_pixel_where_an_output_centre_falls_on_a_pixel_edge(tmp_path, tile_size, dim):
+    # 16 -> 24 rows: output row 1's centre maps to input 1.5 * 16 / 24 = 1.0 exactly, an edge; floor
+    # takes input row 1, and so must every device (float rounding may land either side)
+    ds = make_dataset(tmp_path, bands=1, classes=9, layout="tiled", tile_size=tile_size)
+    ld = loader(ds, n_channels=1, interpolation="nearest", normalize=False, dim=dim, augment=False)
+    for index in range(len(ld)):
+        x, _ = ld[index]
+        for k, tile in enumerate(ld.tile_ids(index)):
+            for f, crop in enumerate(tile_crops(ds, tile, YEARS)):
+                np.testing.assert_array_equal(x[k, f], nearest_resize(crop, ld.dim).astype(np.float32))
+
+
 def test_one_hot_has_one_class_per_pixel_where_the_map_says(tmp_path):
     ds = make_dataset(tmp_path, bands=3, classes=9, layout="deflate")
     ld = loader(ds, bands=[2], num_classes=9, dim=(20, 20))
