@@ -56,14 +56,16 @@ class Prefetch:
 
     def close(self) -> None:
         """Stop the thread and drop what it made ahead."""
-        if self._thread is None:
+        thread, made, stop = self._thread, self._queue, self._stop
+        self._thread = self._queue = self._stop = self._next = None
+        if thread is None:
             return
-        self._stop.set()
-        while self._thread.is_alive():
+        stop.set()
+        if threading.current_thread() is thread:  # collected on its own thread: it ends by itself
+            return
+        while thread.is_alive():
             with contextlib.suppress(queue.Empty):  # free a thread waiting to put a value
-                self._queue.get(timeout=0.05)
-        self._thread = self._queue = self._stop = None
-        self._next = None
+                made.get(timeout=0.05)
 
     def __del__(self) -> None:
         self.close()

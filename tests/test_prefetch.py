@@ -57,3 +57,24 @@ def test_close_stops_the_thread_and_the_next_step_starts_it_again():
     assert not ahead.running
     assert ahead(1) == 1 and ahead.running
     ahead.close()
+
+
+def test_closed_from_its_own_thread_it_returns_and_the_thread_ends():
+    # a Prefetch may be collected, and so closed, on its own thread
+    taken, closed = threading.Event(), threading.Event()
+    holder = {}
+
+    def make(step):
+        if step == 1:
+            taken.wait(5)  # once the caller has step 0
+            holder["ahead"].close()
+            closed.set()
+        return step
+
+    holder["ahead"] = ahead = Prefetch(make, ahead=1)
+    assert ahead(0) == 0
+    taken.set()
+    assert closed.wait(5), "close() on the prefetch thread did not return"
+    assert not ahead.running
+    assert ahead(5) == 5
+    ahead.close()
