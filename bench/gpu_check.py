@@ -30,6 +30,10 @@ already resident there; steps/s of each, the loader's overhead = step time (i) /
 host cores busy, and the cost of the partial last batch's compilation; for the default model (16
 filters) and a larger one (64 filters; on the CPU 2 and 4 filters, where JAX is slow).
 
+Last, the frames cut by one CUDA kernel launch per batch (``dalidw.cut_kernel``, not yet the
+default): a speed row after the peers, and three parity setups through it (on the CPU, its frame
+table copied on the host against the host cut). ``--cupy-smoke`` checks it first, without DALI.
+
 The JSON has every section and a "summary" block of the headline figures. It is printed and
 written to ``--out`` (also after each section, so a crash or time-out keeps what was measured); a
 section that raises is reported as such and the others still run; the exit status is 1 when a
@@ -157,17 +161,25 @@ def host(batch) -> np.ndarray:
     return batch.as_array()
 
 
-def check_parity(device: str, scratch: str) -> dict:
+def check_parity(device: str, scratch: str, *, names: tuple[str, ...] | None = None, cut_with=None) -> dict:
+    """Every SETUPS (or ``names`` of them) on ``device`` against the CPU; on a GPU with ``cut_with``,
+    the device store's cut replaced by it."""
     from dalidw import SequenceDataLoader
     from dalidw.runahead import RunAhead
 
     out = {}
     for k, (name, (data_options, options)) in enumerate(SETUPS.items()):
-        root = os.path.join(scratch, f"setup{k}")
+        if names is not None and name not in names:
+            continue
+        root = os.path.join(scratch, f"setup{k}" if cut_with is None else f"setup{k}-cut")
         table = write_set(root, years=YEARS, **{"seed": k, **data_options})
         common = {"batch_size": 4, "dim": (20, 28), "random_seed": 5, **options}
         cpu = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device="cpu", **common)
         dev = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device=device, **common)
+        if cut_with is not None:
+            if dev.feed.device_store is None:
+                raise RuntimeError("no GPU region store to cut with: CuPy missing or unusable")
+            dev.feed.device_store.cut_with = cut_with
         run, worst, bound, ok, misses = RunAhead(dev.feed), 0.0, ATOL, True, []
         for epoch in range(2):
             for index in range(len(cpu)):
@@ -525,7 +537,48 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
     if gpu:
         out["peer: torchvision roi_align, regions resident"] = guarded(lambda: time_roi_align(feed, data,
                                                                                             batches=batches))
+        # last: a fault of the kernel, not yet the default, would take the CUDA context with it
+        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: with_cut(
+            feed, "kernel", lambda: time_runahead(feed, batches=batches, device=device)))
     return out
+
+
+def with_cut(feed, how: str, work):
+    """``work()`` with the feed's device store cutting frames ``how`` ("kernel": one launch per batch)."""
+    from dalidw.cut_kernel import cut_with_kernel
+
+    store = feed.device_store
+    before = store.cut_with
+    store.cut_with = cut_with_kernel if how == "kernel" else before
+    try:
+        return work()
+    finally:
+        store.cut_with = before
+
+
+def check_cut_kernel(device: str, scratch: str) -> dict:
+    """The one-launch cut (``dalidw.cut_kernel``), not yet the default: on a GPU, parity of three
+    setups through it against the CPU (boxes of several sizes, uint16, class maps turned and
+    flipped); on the CPU, its frame table copied on the host against the host cut."""
+    if device == "gpu":
+        from dalidw.cut_kernel import cut_with_kernel
+
+        return check_parity(device, scratch, names=("boxes of several sizes", "uint16 mean/std",
+                                                    "one-hot, augmented"), cut_with=cut_with_kernel)
+    from dalidw import SequenceDataLoader
+    from dalidw.cut_kernel import copy_rows, frame_table
+    from dalidw.regions import cut_frames
+
+    root = os.path.join(scratch, "cut-kernel")
+    table = write_set(root, years=YEARS, tiles=12)
+    loader = SequenceDataLoader(YEARS, table, os.path.join(root, "Images"), device="cpu", batch_size=8)
+    store = loader.feed.store
+    positions = loader.feed.positions(0, 0)
+    tiles = store.tiles(store.layout.regions[positions])
+    h, w = store.layout.sizes[positions].max(axis=0)
+    expected = cut_frames(store.layout, tiles, positions, np.zeros((len(positions), len(YEARS), h, w, 3), np.uint8))
+    got = copy_rows(frame_table(store.layout, tiles, positions, 3, 1), np.zeros_like(expected))
+    return {"host copies of the frame table": {"ok": bool(np.array_equal(got, expected))}}
 
 
 def time_large_regions(device: str, scratch: str, *, batches: int) -> dict:
@@ -733,6 +786,7 @@ def cupy_smoke() -> dict:
     CuPy batch reaches JAX through DLPack on the same GPU where JAX is installed."""
     import cupy as cp
 
+    from dalidw.cut_kernel import cut_with_kernel
     from dalidw.regions import RegionTiles, TileLayout, cut_frames
 
     rng = np.random.default_rng(0)
@@ -755,8 +809,10 @@ def cupy_smoke() -> dict:
         expected = cut_frames(layout, host, positions, np.zeros((len(positions), 7, *frame, 3), np.uint8))
         with stream:
             got = cut_frames(layout, device, positions, cp.zeros((len(positions), 7, *frame, 3), cp.uint8))
+            by_kernel = cut_with_kernel(layout, device, positions, cp.zeros((len(positions), 7, *frame, 3), cp.uint8))
         stream.synchronize()
         out[name] = {"equal": bool(np.array_equal(cp.asnumpy(got), expected)), "shape": list(expected.shape)}
+        out[name + ", one kernel"] = {"equal": bool(np.array_equal(cp.asnumpy(by_kernel), expected))}
     try:
         import jax
         import jax.numpy as jnp
@@ -857,6 +913,7 @@ def main() -> int:
         "tensorflow": (lambda: check_tensorflow(scratch)) if device == "gpu"
         else (lambda: {"skipped": "self-test on the CPU"}),
         "training": lambda: check_training(device, scratch),
+        "cut_kernel": lambda: check_cut_kernel(device, scratch),  # last, for the same reason as its speed row
     }
     if args.only:
         unknown = set(args.only.split(",")) - set(sections)
@@ -881,12 +938,13 @@ def passed(summary: dict) -> bool:
     written, the TensorFlow and training parts where they ran, and every speed row (a section that
     raised has {"ok": False} at its top)."""
     parity, variants, speed = (summary.get(name, {}) for name in ("parity", "tiff_variants", "graph_speed"))
-    ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "tensorflow", "training")
+    ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "tensorflow", "training", "cut_kernel")
     sections_ran = all(summary.get(name, {}).get("ok", True) for name in ran)
     return bool(sections_ran and summary.get("placement", {}).get("ok", False)
                 and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict))
                 and all(r.get("ok", False) for r in variants.values() if isinstance(r, dict) and "skipped" not in r)
-                and all(r.get("ok", True) for r in speed.values() if isinstance(r, dict)))
+                and all(r.get("ok", True) for r in speed.values() if isinstance(r, dict))
+                and all(r.get("ok", False) for r in summary.get("cut_kernel", {}).values() if isinstance(r, dict)))
 
 
 def versions() -> dict:

@@ -337,6 +337,11 @@ class DeviceRegionStore:
         host: the host store that decodes the regions.
         device_id: the GPU.
         cache_bytes: bound in bytes; None takes half of the device's free memory at construction.
+
+    Attributes:
+        cut_with: the function that cuts a batch, ``(layout, tiles, positions, out) -> out``, called on
+            :attr:`stream`: :func:`cut_frames` (CuPy operations per region of the batch); the GPU check
+            also measures ``cut_kernel.cut_with_kernel`` (one launch per batch).
     """
 
     def __init__(self, host: RegionStore, device_id: int, cache_bytes: int | None = None):
@@ -349,6 +354,7 @@ class DeviceRegionStore:
                 cache_bytes = int(free) // 2
             self.stream = cp.cuda.Stream(non_blocking=True)
         self.cache = RegionCache(cache_bytes)
+        self.cut_with: Callable[[TileLayout, dict[int, RegionTiles], np.ndarray, Any], Any] = cut_frames
         self._lock = threading.Lock()
 
     def tiles(self, regions: Sequence[int]) -> dict[int, RegionTiles]:
@@ -377,7 +383,7 @@ class DeviceRegionStore:
         cp = import_cupy()
         tiles = self.tiles(self.host.layout.regions[positions])
         with cp.cuda.Device(self.device_id), self.stream:
-            return cut_frames(self.host.layout, tiles, positions, out)
+            return self.cut_with(self.host.layout, tiles, positions, out)
 
     def _upload(self, tiles: RegionTiles) -> RegionTiles:
         """``tiles`` copied to the device; on an out-of-memory error the cache shrinks to half of what it
