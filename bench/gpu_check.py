@@ -538,18 +538,18 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
         out["peer: torchvision roi_align, regions resident"] = guarded(lambda: time_roi_align(feed, data,
                                                                                             batches=batches))
         # last: a fault of the kernel, not yet the default, would take the CUDA context with it
+        from dalidw.cut_kernel import cut_with_kernel
+
         out["dalidw graph, frames cut by one kernel"] = guarded(lambda: with_cut(
-            feed, "kernel", lambda: time_runahead(feed, batches=batches, device=device)))
+            feed, cut_with_kernel, lambda: time_runahead(feed, batches=batches, device=device)))
     return out
 
 
-def with_cut(feed, how: str, work):
-    """``work()`` with the feed's device store cutting frames ``how`` ("kernel": one launch per batch)."""
-    from dalidw.cut_kernel import cut_with_kernel
-
+def with_cut(feed, cut_with, work):
+    """``work()`` with the feed's device store cutting frames with ``cut_with``."""
     store = feed.device_store
     before = store.cut_with
-    store.cut_with = cut_with_kernel if how == "kernel" else before
+    store.cut_with = cut_with
     try:
         return work()
     finally:

@@ -64,11 +64,8 @@ def frame_table(layout: TileLayout, tiles: dict[int, RegionTiles], positions: np
     for region in np.unique(regions).tolist():
         mine = regions == region
         kept = tiles[region]
-        for array in ([kept.stack] if kept.blocks is None else kept.blocks.values()):
-            if not array.flags.c_contiguous or array.shape[-1] != channels or array.itemsize != itemsize:
-                raise ValueError(f"the tiles of region {region} are not C-contiguous arrays of {channels} "
-                                 f"channels of {itemsize} bytes")
         if kept.blocks is None:  # the box within the region's stack (T, H, W, C)
+            _check_readable(kept.stack, region, channels, itemsize)
             _, height, width, _ = kept.stack.shape
             boxes = layout.boxes[positions[mine]]
             table[mine, ADDRESS] = address(kept.stack) + (boxes[:, 1] * width + boxes[:, 0]) * pixel
@@ -78,11 +75,20 @@ def frame_table(layout: TileLayout, tiles: dict[int, RegionTiles], positions: np
         for group in np.unique(groups[mine]).tolist():  # a row of the group's block (n, T, h, w, C)
             these = mine & (groups == group)
             block = kept.blocks[group]
+            _check_readable(block, region, channels, itemsize)
             frames, height, width = block.shape[1:4]
             table[these, ADDRESS] = address(block) + rows[these] * (frames * height * width * pixel)
             table[these, FRAME_STRIDE] = height * width * pixel
             table[these, ROW_STRIDE] = width * pixel
     return table
+
+
+def _check_readable(array: Any, region: int, channels: int, itemsize: int) -> None:
+    """Raise ValueError unless the table's addresses and strides describe ``array``: C-contiguous,
+    ``channels`` channels of ``itemsize`` bytes."""
+    if not array.flags.c_contiguous or array.shape[-1] != channels or array.itemsize != itemsize:
+        raise ValueError(f"the tiles of region {region} are not C-contiguous arrays of {channels} "
+                         f"channels of {itemsize} bytes")
 
 
 def copy_rows(table: np.ndarray, out: np.ndarray) -> np.ndarray:
