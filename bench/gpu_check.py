@@ -13,14 +13,19 @@ Part (a) needs numpy, pandas, tifffile, DALI and (on a GPU) CuPy, not TensorFlow
   - TIFF variants: which ones dalidw's decoder reads with tifffile's pixels, and on a GPU whether
     DALI's GPU decoder alone does;
   - speed, every row in one run (T=7, 40x45 boxes resized to 64x64x3, regions resident): the loader's
-    graph at batch 256 with DALI two batches ahead, and variants of it (outputs bound to a CUDA
-    stream, three batches ahead, resize minibatches of 256, batch 1024); the graph fed crops cut on
+    graph at batch 256 with DALI as many batches ahead as the loader's default (3 on a GPU, 2 on the
+    CPU), and variants of it (outputs bound to a CUDA stream, the other depth, resize minibatches of
+    32 and 256 frames, one DALI CPU thread in place of two, batch 1024); the graph fed crops cut on
     the host, as ``dataset()`` feeds DALI's TensorFlow plugin; on a GPU the CPU loader's graph; two
     peers without DALI on the same resident regions: array ops (CuPy on a GPU, NumPy on the CPU) and
-    torchvision's roi_align where installed. Each row: samples/s, host cores busy (process CPU time
-    over wall time), device memory in use (all allocators);
+    torchvision's roi_align where installed. Each row:
+    samples/s, host cores busy (process CPU time over wall time), host ms per batch of each thread by
+    name, device memory in use (all allocators);
   - large regions: regions of 4096x4096 pixels and 7 years (small on the CPU), a grid of tiles over
-    each, through the same graph, with the bytes resident and the device memory in use.
+    each, through the same graph, with the bytes resident and the device memory in use (at the start
+    and the end, and at the end with the pools' free blocks let go);
+  - blocking sync: in a process of its own whose CUDA context blocks a host thread waiting for the
+    GPU instead of spinning, the first graph row again, and with the one-kernel cut.
 Part (b), only where TensorFlow sees a GPU: ``dataset()`` elements arrive on the GPU, one epoch of
 ``model.fit``, and a MirroredStrategy epoch.
 Part (c), where Keras and JAX are installed (in a process of its own, Keras on JAX): one timed run
@@ -53,6 +58,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -325,17 +331,57 @@ def resident_gib(feed) -> float:
     return feed.resident_bytes / 2**30
 
 
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds of each live thread of this process so far, by name (a Python thread's own name,
+    else the one the OS has: DALI names its threads), the threads of one name summed. Read from
+    /proc (nanoseconds from ``schedstat`` where the kernel keeps it, else clock ticks from ``stat``);
+    empty where there is no /proc."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        base = f"/proc/self/task/{tid}"
+        try:
+            with open(f"{base}/comm") as f:
+                comm = f.read().strip()
+            try:
+                with open(f"{base}/schedstat") as f:
+                    cpu = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                with open(f"{base}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+        name = names.get(int(tid), comm)
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def threads_ms_per_batch(before: dict[str, float], after: dict[str, float], batches: int) -> dict[str, float]:
+    """Host milliseconds per batch spent by each thread name between two :func:`threads_cpu_s`
+    readings, largest first, names under 0.005 ms left out."""
+    spent = {name: 1000 * (cpu - before.get(name, 0.0)) / batches for name, cpu in after.items()}
+    return {name: round(ms, 3) for name, ms in sorted(spent.items(), key=lambda item: -item[1]) if ms >= 0.005}
+
+
 def time_runahead(feed, *, batches: int, depth: int | None = None, outputs_stream=None, device: str = "cpu") -> dict:
     """Samples/s of ``feed``'s graph run ahead as training reads it (``RunAhead``), every region
     resident first: ``batches`` steps timed after an untimed first one (which allocates the graph's
-    buffers). Also host cores busy meanwhile (process CPU time of every thread over wall time) and
-    the device memory in use at the end."""
+    buffers). Also host cores busy meanwhile (process CPU time of every thread over wall time), the
+    host milliseconds per batch of each thread by name (the caller's is "MainThread"), and the
+    device memory in use at the end."""
     from dalidw.runahead import RunAhead
 
     for index in range(len(feed)):  # every region decoded (and resident on the device)
         feed.frames(feed.positions(0, index))
     run = RunAhead(feed, start_epoch=1, depth=depth, outputs_stream=outputs_stream)
     run(0)
+    threads0 = threads_cpu_s()
     cpu0, main0, start, samples = time.process_time(), time.thread_time(), time.perf_counter(), 0
     for step in range(1, batches + 1):
         x, _ = run(step)
@@ -345,8 +391,10 @@ def time_runahead(feed, *, batches: int, depth: int | None = None, outputs_strea
 
         cp.cuda.runtime.deviceSynchronize()
     wall, cpu, main = time.perf_counter() - start, time.process_time() - cpu0, time.thread_time() - main0
+    threads = threads_ms_per_batch(threads0, threads_cpu_s(), batches)
     row = {"samples_per_s": samples / wall, "host_cores_busy": cpu / wall,
            "cpu_s_per_1000_samples": 1000 * cpu / samples, "caller_thread_ms_per_batch": 1000 * main / batches,
+           "threads_ms_per_batch": threads,
            "batches": batches, "batch": feed.spec.batch_size,
            "depth": run.depth, "device_memory_gib": device_memory_gib(device), "resident_gib": resident_gib(feed)}
     del run
@@ -518,6 +566,8 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
             feed.with_graph(resize_minibatch=32), batches=batches, device=device)) if gpu else None,
         "dalidw graph, resize minibatch 256": (lambda: time_runahead(feed.with_graph(resize_minibatch=256),
                                                                      batches=batches, device=device)) if gpu else None,
+        "dalidw graph, 1 DALI CPU thread": (lambda: time_runahead(feed.with_graph(num_threads=1), batches=batches,
+                                                                  device=device)) if gpu else None,
         "dalidw graph, batch 1024": lambda: time_runahead(loader(batch=1024 if gpu else 64).feed, batches=few,
                                                           device=device),
         "dalidw graph fed host crops": lambda: time_runahead(feed.moved(host_frames=True), batches=few,
@@ -581,9 +631,74 @@ def check_cut_kernel(device: str, scratch: str) -> dict:
     return {"host copies of the frame table": {"ok": bool(np.array_equal(got, expected))}}
 
 
+#: CUDA's flag that makes a host thread waiting for the GPU sleep rather than spin
+#: (``CU_CTX_SCHED_BLOCKING_SYNC``); by default, with one context and more cores than that, it spins.
+BLOCKING_SYNC = 0x04
+
+
+def blocking_sync_context() -> dict:
+    """GPU 0's primary CUDA context set to block waiting host threads (driver API), before anything in
+    this process creates it: the flags read back, and whether the context was already active."""
+    import ctypes
+
+    cuda = ctypes.CDLL("libcuda.so.1")
+
+    def call(name: str, *args) -> None:
+        function = getattr(cuda, name + "_v2", None) or getattr(cuda, name)
+        code = function(*args)
+        if code != 0:
+            raise RuntimeError(f"{name} failed with CUDA error {code}")
+
+    device, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    call("cuInit", ctypes.c_uint(0))
+    call("cuDeviceGet", ctypes.byref(device), 0)
+    call("cuDevicePrimaryCtxSetFlags", device, ctypes.c_uint(BLOCKING_SYNC))
+    call("cuDevicePrimaryCtxGetState", device, ctypes.byref(flags), ctypes.byref(active))
+    return {"flags": flags.value, "blocking_sync": bool(flags.value & BLOCKING_SYNC),
+            "context_was_active": bool(active.value)}
+
+
+def blocking_sync_rows(device: str, scratch: str, *, batches: int) -> dict:
+    """(In a process of its own.) The loader's graph as in the speed check's first row, and with the
+    one-kernel cut, with host threads that wait for the GPU sleeping instead of spinning. On the
+    CPU the same rows, without the flag (the mechanics only)."""
+    from dalidw import SequenceDataLoader
+
+    gpu = device == "gpu"
+    out: dict = {"cuda_context": blocking_sync_context() if gpu else {"skipped": "on the CPU: no flag to set"}}
+    images, table = speed_data(device, os.path.join(scratch, "blocking-sync"))
+    feed = SequenceDataLoader(SPEED_YEARS, table, images, dim=(64, 64), batch_size=256 if gpu else 32,
+                              device=device, random_seed=1).feed
+    guarded(lambda: time_runahead(feed, batches=max(3, batches // 4), device=device))  # untimed warm-up
+    out["dalidw graph"] = guarded(lambda: time_runahead(feed, batches=batches, device=device))
+    if gpu:
+        from dalidw.cut_kernel import cut_with_kernel
+
+        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: with_cut(
+            feed, cut_with_kernel, lambda: time_runahead(feed, batches=batches, device=device)))
+    out["ok"] = all(row.get("ok", True) for row in out.values() if isinstance(row, dict))
+    return out
+
+
+def check_blocking_sync(device: str, scratch: str, *, batches: int) -> dict:
+    """:func:`blocking_sync_rows` in a process of its own (the flag must be set before CUDA starts)."""
+    if device == "gpu":  # this process's pools let their free blocks go first
+        release_unused_memory(device)
+    path = os.path.join(scratch, "blocking-sync.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--blocking-sync", path, "--device", device,
+           "--scratch", scratch, "--batches", str(batches)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0 or not os.path.isfile(path):
+        return {"ok": False, "error": (run.stderr or run.stdout).strip().splitlines()[-3:]}
+    with open(path) as f:
+        return json.load(f)
+
+
 def time_large_regions(device: str, scratch: str, *, batches: int) -> dict:
     """Regions of 4096x4096 pixels and 7 years (512x512 on the CPU), 2 of them, tiled by a grid of 40x45
-    boxes, through the loader's graph: samples/s, the bytes resident, the device memory in use."""
+    boxes, through the loader's graph: samples/s, the bytes resident, the device memory in use (at
+    the start, with what earlier sections left cached let go; at the end; and at the end with the
+    pools' free blocks let go)."""
     from dalidw import SequenceDataLoader
 
     gpu = device == "gpu"
@@ -592,14 +707,33 @@ def time_large_regions(device: str, scratch: str, *, batches: int) -> dict:
     start = time.perf_counter()
     table = write_set(root, years=SPEED_YEARS, regions=2, size=(side, side), box=(40, 45), grid=True)
     written = time.perf_counter() - start
+    at_start = release_unused_memory(device)
     loader = SequenceDataLoader(SPEED_YEARS, table, os.path.join(root, "Images"), dim=(64, 64),
                                 batch_size=256 if gpu else 32, device=device, random_seed=1)
     start = time.perf_counter()
     row = time_runahead(loader.feed, batches=batches, device=device)
     row.update({"region_pixels": [side, side], "regions": 2, "tiles": len(loader.table),
                 "seconds_to_write": written, "seconds_to_decode_and_time": time.perf_counter() - start,
-                "stack_gib_each": len(SPEED_YEARS) * side * side * 3 / 2**30})
+                "stack_gib_each": len(SPEED_YEARS) * side * side * 3 / 2**30,
+                "decoder_backend": loader.feed.store.decoder.backend,
+                "device_memory_gib_at_start": at_start,
+                "device_memory_gib_unused_released": release_unused_memory(device)})
     return row
+
+
+def release_unused_memory(device: str) -> float | None:
+    """GiB of device memory in use once DALI's and CuPy's pools have let their free blocks go (what
+    earlier sections left cached, or what the pools keep beyond the live buffers); None on the CPU."""
+    if device != "gpu":
+        return None
+    import cupy as cp
+    from nvidia.dali.backend import ReleaseUnusedMemory
+
+    gc.collect()
+    cp.cuda.runtime.deviceSynchronize()
+    cp.get_default_memory_pool().free_all_blocks()
+    ReleaseUnusedMemory()
+    return device_memory_gib(device)
 
 
 def guarded(work) -> dict:
@@ -874,12 +1008,17 @@ def main() -> int:
     parser.add_argument("--cupy-smoke", action="store_true",
                         help="only check the device store's CuPy cut against the host's (needs CuPy, not DALI)")
     parser.add_argument("--part-c", default=None, help=argparse.SUPPRESS)  # the training part's own process
+    parser.add_argument("--blocking-sync", default=None, help=argparse.SUPPRESS)  # that section's own process
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part_c:
         result = guarded(lambda: part_c(args.device, args.scratch))
         write(result, args.part_c)
+        return 0
+    if args.blocking_sync:
+        result = guarded(lambda: blocking_sync_rows(args.device, args.scratch, batches=args.batches))
+        write(result, args.blocking_sync)
         return 0
 
     if args.cupy_smoke:
@@ -910,6 +1049,7 @@ def main() -> int:
         "tiff_variants": lambda: check_variants(device, scratch),
         "graph_speed": lambda: time_graph(device, scratch, batches=batches),
         "large_regions": lambda: time_large_regions(device, scratch, batches=max(3, batches // 4)),
+        "blocking_sync": lambda: check_blocking_sync(device, scratch, batches=batches),
         "tensorflow": (lambda: check_tensorflow(scratch)) if device == "gpu"
         else (lambda: {"skipped": "self-test on the CPU"}),
         "training": lambda: check_training(device, scratch),
@@ -938,7 +1078,8 @@ def passed(summary: dict) -> bool:
     written, the TensorFlow and training parts where they ran, and every speed row (a section that
     raised has {"ok": False} at its top)."""
     parity, variants, speed = (summary.get(name, {}) for name in ("parity", "tiff_variants", "graph_speed"))
-    ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "tensorflow", "training", "cut_kernel")
+    ran = ("parity", "tiff_variants", "graph_speed", "large_regions", "blocking_sync", "tensorflow", "training",
+           "cut_kernel")
     sections_ran = all(summary.get(name, {}).get("ok", True) for name in ran)
     return bool(sections_ran and summary.get("placement", {}).get("ok", False)
                 and all(r.get("ok", False) for r in parity.values() if isinstance(r, dict))

@@ -82,6 +82,10 @@ def test_gpu_check_self_test_runs_every_part_on_the_cpu_and_writes_its_summary(t
         assert speed[row]["samples_per_s"] > 0 and speed[row]["host_cores_busy"] > 0, row
     assert speed["peer: array ops, regions resident"]["max_abs_diff_vs_dalidw"] <= 1e-5
     assert summary["large_regions"]["samples_per_s"] > 0 and summary["large_regions"]["tiles"] > 0
+    threads = speed["dalidw graph"]["threads_ms_per_batch"]  # where the host time goes, thread by thread
+    assert threads["MainThread"] > 0 and sum(threads.values()) > 0
+    blocking = summary["blocking_sync"]  # its own process; on the CPU without the CUDA flag
+    assert blocking["ok"] and blocking["dalidw graph"]["samples_per_s"] > 0, blocking
     head = summary["summary"]
     assert head["graph_samples_per_s"] == speed["dalidw graph"]["samples_per_s"] and head["parity_ok"]
     assert head["best_peer_samples_per_s"] == speed["peer: array ops, regions resident"]["samples_per_s"]
