@@ -337,7 +337,6 @@ def threads_cpu_s() -> dict[str, float]:
     /proc (nanoseconds from ``schedstat`` where the kernel keeps it, else clock ticks from ``stat``);
     empty where there is no /proc."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     out: dict[str, float] = {}
     try:
         tids = os.listdir("/proc/self/task")
@@ -354,7 +353,7 @@ def threads_cpu_s() -> dict[str, float]:
             except (OSError, ValueError, IndexError):
                 with open(f"{base}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
         except (OSError, ValueError, IndexError):  # the thread ended meanwhile
             continue
         name = names.get(int(tid), comm)
@@ -684,10 +683,15 @@ def check_blocking_sync(device: str, scratch: str, *, batches: int) -> dict:
     """:func:`blocking_sync_rows` in a process of its own (the flag must be set before CUDA starts)."""
     if device == "gpu":  # this process's pools let their free blocks go first
         release_unused_memory(device)
-    path = os.path.join(scratch, "blocking-sync.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--blocking-sync", path, "--device", device,
-           "--scratch", scratch, "--batches", str(batches)]
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    return in_own_process("--blocking-sync", device, scratch, "--batches", str(batches))
+
+
+def in_own_process(option: str, device: str, scratch: str, *args: str, env: dict | None = None) -> dict:
+    """The section this script runs for ``option`` (one of its hidden options), run by a new process of
+    it that writes the section's JSON into ``scratch``; {"ok": False, "error": ...} where it fails."""
+    path = os.path.join(scratch, option.strip("-") + ".json")
+    cmd = [sys.executable, os.path.abspath(__file__), option, path, "--device", device, "--scratch", scratch, *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0 or not os.path.isfile(path):
         return {"ok": False, "error": (run.stderr or run.stdout).strip().splitlines()[-3:]}
     with open(path) as f:
@@ -798,15 +802,9 @@ def check_training(device: str, scratch: str) -> dict:
 
         gc.collect()
         cp.get_default_memory_pool().free_all_blocks()
-    path = os.path.join(scratch, "training.json")
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--part-c", path, "--device", device, "--scratch", scratch]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if run.returncode != 0 or not os.path.isfile(path):
-        return {"ok": False, "error": (run.stderr or run.stdout).strip().splitlines()[-3:]}
-    with open(path) as f:
-        return json.load(f)
+    return in_own_process("--part-c", device, scratch, env=env)
 
 
 def resident_dataset(batches: list):
