@@ -797,11 +797,7 @@ def check_training(device: str, scratch: str) -> dict:
     missing = [name for name in ("keras", "jax") if importlib.util.find_spec(name) is None]
     if missing:
         return {"skipped": f"not installed: {', '.join(missing)}"}
-    if device == "gpu":  # the memory of this process's pools goes back before JAX takes its share
-        import cupy as cp
-
-        gc.collect()
-        cp.get_default_memory_pool().free_all_blocks()
+    release_unused_memory(device)  # this process's pools let their free blocks go before JAX takes its share
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     return in_own_process("--part-c", device, scratch, env=env)

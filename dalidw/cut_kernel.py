@@ -57,30 +57,31 @@ def frame_table(layout: TileLayout, tiles: dict[int, RegionTiles], positions: np
     positions = np.asarray(positions, dtype=np.int64)
     table = np.empty((len(positions), 5), dtype=np.int64)
     sizes = layout.sizes[positions]
-    pixel = channels * itemsize
     table[:, ROWS] = sizes[:, 0]
-    table[:, ROW_BYTES] = sizes[:, 1] * pixel
+    table[:, ROW_BYTES] = sizes[:, 1] * channels * itemsize
     regions, groups, rows = layout.regions[positions], layout.group[positions], layout.row[positions]
     for region in np.unique(regions).tolist():
         mine = regions == region
         kept = tiles[region]
         if kept.blocks is None:  # the box within the region's stack (T, H, W, C)
             _check_readable(kept.stack, region, channels, itemsize)
-            _, height, width, _ = kept.stack.shape
             boxes = layout.boxes[positions[mine]]
-            table[mine, ADDRESS] = address(kept.stack) + (boxes[:, 1] * width + boxes[:, 0]) * pixel
-            table[mine, FRAME_STRIDE] = height * width * pixel
-            table[mine, ROW_STRIDE] = width * pixel
+            _locate(table, mine, kept.stack, boxes[:, 1] * kept.stack.strides[1] + boxes[:, 0] * kept.stack.strides[2])
             continue
         for group in np.unique(groups[mine]).tolist():  # a row of the group's block (n, T, h, w, C)
             these = mine & (groups == group)
             block = kept.blocks[group]
             _check_readable(block, region, channels, itemsize)
-            frames, height, width = block.shape[1:4]
-            table[these, ADDRESS] = address(block) + rows[these] * (frames * height * width * pixel)
-            table[these, FRAME_STRIDE] = height * width * pixel
-            table[these, ROW_STRIDE] = width * pixel
+            _locate(table, these, block, rows[these] * block.strides[0])
     return table
+
+
+def _locate(table: np.ndarray, slots: np.ndarray, array: Any, offsets: np.ndarray) -> None:
+    """Table rows ``slots`` (a mask): their frames start ``offsets`` bytes into ``array``, whose last
+    four axes are (T, rows, columns, C), and step by its strides."""
+    table[slots, ADDRESS] = address(array) + offsets
+    table[slots, FRAME_STRIDE] = array.strides[-4]
+    table[slots, ROW_STRIDE] = array.strides[-3]
 
 
 def _check_readable(array: Any, region: int, channels: int, itemsize: int) -> None:
