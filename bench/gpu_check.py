@@ -587,11 +587,16 @@ def time_graph(device: str, scratch: str, *, batches: int) -> dict:
         out["peer: torchvision roi_align, regions resident"] = guarded(lambda: time_roi_align(feed, data,
                                                                                             batches=batches))
         # last: a fault of the kernel, not yet the default, would take the CUDA context with it
-        from dalidw.cut_kernel import cut_with_kernel
-
-        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: with_cut(
-            feed, cut_with_kernel, lambda: time_runahead(feed, batches=batches, device=device)))
+        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: time_kernel_cut(feed, batches=batches))
     return out
+
+
+def time_kernel_cut(feed, *, batches: int) -> dict:
+    """:func:`time_runahead` of ``feed``'s graph on the GPU, its frames cut by one kernel launch per batch
+    (``dalidw.cut_kernel``) in place of the device store's default cut."""
+    from dalidw.cut_kernel import cut_with_kernel
+
+    return with_cut(feed, cut_with_kernel, lambda: time_runahead(feed, batches=batches, device="gpu"))
 
 
 def with_cut(feed, cut_with, work):
@@ -671,18 +676,14 @@ def blocking_sync_rows(device: str, scratch: str, *, batches: int) -> dict:
     guarded(lambda: time_runahead(feed, batches=max(3, batches // 4), device=device))  # untimed warm-up
     out["dalidw graph"] = guarded(lambda: time_runahead(feed, batches=batches, device=device))
     if gpu:
-        from dalidw.cut_kernel import cut_with_kernel
-
-        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: with_cut(
-            feed, cut_with_kernel, lambda: time_runahead(feed, batches=batches, device=device)))
+        out["dalidw graph, frames cut by one kernel"] = guarded(lambda: time_kernel_cut(feed, batches=batches))
     out["ok"] = all(row.get("ok", True) for row in out.values() if isinstance(row, dict))
     return out
 
 
 def check_blocking_sync(device: str, scratch: str, *, batches: int) -> dict:
     """:func:`blocking_sync_rows` in a process of its own (the flag must be set before CUDA starts)."""
-    if device == "gpu":  # this process's pools let their free blocks go first
-        release_unused_memory(device)
+    release_unused_memory(device)  # this process's pools let their free blocks go first
     return in_own_process("--blocking-sync", device, scratch, "--batches", str(batches))
 
 
