@@ -683,13 +683,14 @@ def blocking_sync_rows(device: str, scratch: str, *, batches: int) -> dict:
 
 def check_blocking_sync(device: str, scratch: str, *, batches: int) -> dict:
     """:func:`blocking_sync_rows` in a process of its own (the flag must be set before CUDA starts)."""
-    release_unused_memory(device)  # this process's pools let their free blocks go first
     return in_own_process("--blocking-sync", device, scratch, "--batches", str(batches))
 
 
 def in_own_process(option: str, device: str, scratch: str, *args: str, env: dict | None = None) -> dict:
     """The section this script runs for ``option`` (one of its hidden options), run by a new process of
-    it that writes the section's JSON into ``scratch``; {"ok": False, "error": ...} where it fails."""
+    it that writes the section's JSON into ``scratch``; {"ok": False, "error": ...} where it fails. This
+    process's pools let their free blocks go first, so the new process finds the device memory free."""
+    release_unused_memory(device)
     path = os.path.join(scratch, option.strip("-") + ".json")
     cmd = [sys.executable, os.path.abspath(__file__), option, path, "--device", device, "--scratch", scratch, *args]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -798,7 +799,6 @@ def check_training(device: str, scratch: str) -> dict:
     missing = [name for name in ("keras", "jax") if importlib.util.find_spec(name) is None]
     if missing:
         return {"skipped": f"not installed: {', '.join(missing)}"}
-    release_unused_memory(device)  # this process's pools let their free blocks go before JAX takes its share
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     return in_own_process("--part-c", device, scratch, env=env)
